@@ -1,0 +1,164 @@
+package multipart
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// MaxParts is S3's limit on the parts of one upload.
+const MaxParts = 10000
+
+// Target is one object's destination in a backend.
+type Target[P any] interface {
+	// Single stores body as the whole object in one request.
+	Single(ctx context.Context, body []byte) error
+	// Begin starts a multipart upload.
+	Begin(ctx context.Context) (Upload[P], error)
+}
+
+// Upload is a started multipart upload.
+type Upload[P any] interface {
+	// Part sends part n (1-based); it may run concurrently with other parts.
+	Part(ctx context.Context, n int32, body []byte) (P, error)
+	// Complete publishes the object from the parts, in part-number order.
+	Complete(ctx context.Context, parts []P) error
+	// Abort discards the upload and its parts.
+	Abort(ctx context.Context) error
+}
+
+// Config bounds an upload's memory: InFlight buffers of at most the current
+// part size exist at once.
+type Config struct {
+	PartSize int64 // first part size; doubles every 1000 parts
+	InFlight int
+}
+
+// sizeOf returns the size of part n (1-based). It doubles every 1000 parts
+// so that an object of unknown length fits in MaxParts (with 8 MiB parts, up
+// to about 8 TiB) while small objects keep small buffers.
+func (c Config) sizeOf(n int32) int64 {
+	return min(c.PartSize<<((n-1)/1000), 5<<30)
+}
+
+// Stream uploads everything r yields to t. On any failure, a started upload
+// is aborted (even when ctx is done) and the first error is returned, so that
+// no object becomes visible.
+func Stream[P any](ctx context.Context, t Target[P], r io.Reader, cfg Config) error {
+	first := make([]byte, cfg.sizeOf(1))
+	n, err := io.ReadFull(r, first)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return err
+	}
+	if n < len(first) {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return t.Single(ctx, first[:n])
+	}
+	up, err := t.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	parts, err := sendParts(ctx, up, first, r, cfg)
+	if err == nil {
+		err = ctx.Err()
+	}
+	if err == nil {
+		err = up.Complete(ctx, parts)
+	}
+	if err != nil {
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if aerr := up.Abort(actx); aerr != nil {
+			err = errors.Join(err, fmt.Errorf("abort multipart upload (its parts remain until a lifecycle rule removes them): %w", aerr))
+		}
+	}
+	return err
+}
+
+func sendParts[P any](ctx context.Context, up Upload[P], first []byte, r io.Reader, cfg Config) ([]P, error) {
+	g, gctx := errgroup.WithContext(ctx)
+	sem := make(chan struct{}, max(cfg.InFlight, 1))
+	// Buffers of finished parts are reused, so that the heap holds about
+	// InFlight part buffers rather than a garbage trail of them.
+	free := make(chan []byte, cap(sem))
+	buffer := func(size int64) []byte {
+		select {
+		case b := <-free:
+			if int64(cap(b)) >= size {
+				return b[:size]
+			}
+		default:
+		}
+		return make([]byte, size)
+	}
+	var (
+		mu    sync.Mutex
+		parts []P
+	)
+	send := func(n int32, body []byte) {
+		g.Go(func() error {
+			defer func() {
+				select {
+				case free <- body:
+				default:
+				}
+				<-sem
+			}()
+			p, err := up.Part(gctx, n, body)
+			if err != nil {
+				return fmt.Errorf("part %d: %w", n, err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(parts) < int(n) {
+				parts = append(parts, make([]P, int(n)-len(parts))...)
+			}
+			parts[n-1] = p
+			return nil
+		})
+	}
+	sem <- struct{}{}
+	send(1, first)
+	readErr := func() error {
+		for n := int32(2); ; n++ {
+			select {
+			case sem <- struct{}{}:
+			case <-gctx.Done():
+				return nil // Wait reports the failed part's error
+			}
+			buf := buffer(cfg.sizeOf(n))
+			m, err := io.ReadFull(r, buf)
+			last := err == io.EOF || err == io.ErrUnexpectedEOF
+			switch {
+			case last && m == 0:
+				<-sem
+				return nil
+			case n > MaxParts:
+				<-sem
+				return fmt.Errorf("object exceeds %d parts", MaxParts)
+			case last:
+				send(n, buf[:m])
+				return nil
+			case err != nil:
+				<-sem
+				return err
+			}
+			send(n, buf)
+		}
+	}()
+	werr := g.Wait()
+	if readErr != nil {
+		return nil, readErr
+	}
+	if werr != nil {
+		return nil, werr
+	}
+	return parts, nil
+}
