@@ -63,25 +63,46 @@ func Start(t testing.TB) *Server {
 // from TestMain as os.Exit(miniotest.Main(m)).
 func Main(m *testing.M) int {
 	code := m.Run()
-	if shared != nil && shared.cmd != nil {
-		_ = shared.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = shared.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = shared.cmd.Process.Kill()
-			<-done
-		}
-		_ = os.RemoveAll(shared.dir)
+	if shared != nil {
+		shared.Stop()
 	}
 	return code
+}
+
+// Stop stops a server that New started and removes its data; on a shared
+// server it does nothing.
+func (s *Server) Stop() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-done
+	}
+	_ = os.RemoveAll(s.dir)
+	s.cmd = nil
+}
+
+// Env is the environment that makes test binaries share this server.
+func (s *Server) Env() []string {
+	return []string{EnvEndpoint + "=" + s.Endpoint, EnvUser + "=" + s.AccessKey, EnvPassword + "=" + s.SecretKey}
 }
 
 func startShared() (*Server, error) {
 	if ep := os.Getenv(EnvEndpoint); ep != "" {
 		return &Server{Endpoint: ep, AccessKey: os.Getenv(EnvUser), SecretKey: os.Getenv(EnvPassword)}, nil
 	}
+	return New()
+}
+
+// New starts a MinIO server of its own on a free loopback port, with its
+// data in a temporary directory. The server dies with this process.
+func New() (*Server, error) {
 	bin, err := Binary()
 	if err != nil {
 		return nil, err
