@@ -63,10 +63,16 @@ func Start(t testing.TB) *Server {
 // from TestMain as os.Exit(miniotest.Main(m)).
 func Main(m *testing.M) int {
 	code := m.Run()
+	Cleanup()
+	return code
+}
+
+// Cleanup stops the server this binary started, if any; call it from TestMain
+// after m.Run when Main does not fit (a package that also uses pgtest).
+func Cleanup() {
 	if shared != nil {
 		shared.Stop()
 	}
-	return code
 }
 
 // Stop stops a server that New started and removes its data; on a shared

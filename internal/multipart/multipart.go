@@ -50,7 +50,8 @@ func (c Config) sizeOf(n int32) int64 {
 // is aborted (even when ctx is done) and the first error is returned, so that
 // no object becomes visible.
 func Stream[P any](ctx context.Context, t Target[P], r io.Reader, cfg Config) error {
-	first := make([]byte, cfg.sizeOf(1))
+	first := buffer(cfg.sizeOf(1))
+	defer release(first)
 	n, err := io.ReadFull(r, first)
 	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
 		return err
@@ -85,19 +86,6 @@ func Stream[P any](ctx context.Context, t Target[P], r io.Reader, cfg Config) er
 func sendParts[P any](ctx context.Context, up Upload[P], first []byte, r io.Reader, cfg Config) ([]P, error) {
 	g, gctx := errgroup.WithContext(ctx)
 	sem := make(chan struct{}, max(cfg.InFlight, 1))
-	// Buffers of finished parts are reused, so that the heap holds about
-	// InFlight part buffers rather than a garbage trail of them.
-	free := make(chan []byte, cap(sem))
-	buffer := func(size int64) []byte {
-		select {
-		case b := <-free:
-			if int64(cap(b)) >= size {
-				return b[:size]
-			}
-		default:
-		}
-		return make([]byte, size)
-	}
 	var (
 		mu    sync.Mutex
 		parts []P
@@ -105,9 +93,8 @@ func sendParts[P any](ctx context.Context, up Upload[P], first []byte, r io.Read
 	send := func(n int32, body []byte) {
 		g.Go(func() error {
 			defer func() {
-				select {
-				case free <- body:
-				default:
+				if n > 1 { // the caller releases the first
+					release(body)
 				}
 				<-sem
 			}()
@@ -161,4 +148,24 @@ func sendParts[P any](ctx context.Context, up Upload[P], first []byte, r io.Read
 		return nil, werr
 	}
 	return parts, nil
+}
+
+// Part buffers are pooled by size, so that a stream of small objects (WAL
+// pieces) and the parts of a large one reuse memory instead of leaving a
+// garbage trail of multi-megabyte slices.
+var pools sync.Map // int64 → *sync.Pool of *[]byte
+
+func buffer(size int64) []byte {
+	p, _ := pools.LoadOrStore(size, &sync.Pool{})
+	if b, ok := p.(*sync.Pool).Get().(*[]byte); ok {
+		return *b
+	}
+	return make([]byte, size)
+}
+
+func release(b []byte) {
+	b = b[:cap(b)]
+	if p, ok := pools.Load(int64(len(b))); ok {
+		p.(*sync.Pool).Put(&b)
+	}
 }

@@ -17,3 +17,11 @@ func TestConformance(t *testing.T) {
 		return s
 	})
 }
+
+func BenchmarkFile(b *testing.B) {
+	s, err := file.New(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	storagetest.Bench(b, s)
+}

@@ -14,19 +14,23 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(miniotest.Main(m)) }
 
-func TestConformance(t *testing.T) {
-	storagetest.Run(t, func(t *testing.T) storage.Store {
-		srv := miniotest.Start(t)
-		s, err := minio.New(minio.Config{
-			Endpoint:    srv.Endpoint,
-			Bucket:      srv.Bucket(t),
-			Prefix:      "repo/one",
-			Region:      "us-east-1",
-			Credentials: credentials.NewStaticV4(srv.AccessKey, srv.SecretKey, ""),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
+func newStore(tb testing.TB) *minio.Store {
+	srv := miniotest.Start(tb)
+	s, err := minio.New(minio.Config{
+		Endpoint:    srv.Endpoint,
+		Bucket:      srv.Bucket(tb),
+		Prefix:      "repo/one",
+		Region:      "us-east-1",
+		Credentials: credentials.NewStaticV4(srv.AccessKey, srv.SecretKey, ""),
 	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
 }
+
+func TestConformance(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T) storage.Store { return newStore(t) })
+}
+
+func BenchmarkMinIO(b *testing.B) { storagetest.Bench(b, newStore(b)) }

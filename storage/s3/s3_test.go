@@ -40,3 +40,18 @@ func TestConformance(t *testing.T) {
 func TestConformanceChecksums(t *testing.T) {
 	storagetest.RunBehaviour(t, func(t *testing.T) storage.Store { return newStore(t, s3.ChecksumWhenSupported) })
 }
+
+func BenchmarkMinIO(b *testing.B) {
+	srv := miniotest.Start(b)
+	s, err := s3.New(b.Context(), s3.Config{
+		Bucket:      srv.Bucket(b),
+		Endpoint:    srv.URL(),
+		Region:      "us-east-1",
+		PathStyle:   true,
+		Credentials: credentials.NewStaticCredentialsProvider(srv.AccessKey, srv.SecretKey, ""),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	storagetest.Bench(b, s)
+}
