@@ -10,8 +10,8 @@ import (
 
 func TestParseGood(t *testing.T) {
 	cases := []struct {
-		raw  string
-		want string // String() of the result
+		raw   string
+		want  string // String() of the result
 		check func(t *testing.T, l Location)
 	}{
 		{raw: "file:///var/lib/walship", want: "file:///var/lib/walship"},
