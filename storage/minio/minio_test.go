@@ -33,4 +33,4 @@ func TestConformance(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T) storage.Store { return newStore(t) })
 }
 
-func BenchmarkMinIO(b *testing.B) { storagetest.Bench(b, newStore(b)) }
+func BenchmarkMinIOGoAgainstMinIO(b *testing.B) { storagetest.Bench(b, newStore(b)) }

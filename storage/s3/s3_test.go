@@ -41,7 +41,7 @@ func TestConformanceChecksums(t *testing.T) {
 	storagetest.RunBehaviour(t, func(t *testing.T) storage.Store { return newStore(t, s3.ChecksumWhenSupported) })
 }
 
-func BenchmarkMinIO(b *testing.B) {
+func BenchmarkSDKAgainstMinIO(b *testing.B) {
 	srv := miniotest.Start(b)
 	s, err := s3.New(b.Context(), s3.Config{
 		Bucket:      srv.Bucket(b),
