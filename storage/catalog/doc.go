@@ -1,0 +1,18 @@
+// Package catalog owns the repository's layout: which key holds what, the
+// repository's own description (walship.json), and reading and writing
+// objects through the codec.
+//
+// Layout under the store's root:
+//
+//	walship.json                                  format, system identifier, segment size (plain JSON)
+//	wal/TTTTTTTT.history                          timeline TTTTTTTT's history file
+//	wal/TTTTTTTT/<segment>                        a complete segment
+//	wal/TTTTTTTT/<segment>.pieces/SSSSSSSS-EEEEEEEE  bytes [S, E) of a segment still filling
+//	wal/TTTTTTTT/<segment>.partial                a segment cut short by a timeline switch
+//	locks/archiver                                the archiver lease
+//
+// TTTTTTTT is the timeline in 8 upper-case hex digits and <segment> PostgreSQL's
+// 24-digit segment name, so that listings come in WAL order. Every object but
+// walship.json goes through storage/codec, which records its compression,
+// encryption and sha256.
+package catalog
