@@ -1,0 +1,151 @@
+package archiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/walship/walship/internal/wal"
+	"github.com/walship/walship/storage/catalog"
+)
+
+// Attribute keys of log records.
+const (
+	keyKey      = "key"
+	keyError    = "error"
+	keyLSN      = "lsn"
+	keyTimeline = "timeline"
+	keySlot     = "slot"
+	keySegment  = "segment"
+)
+
+// Config configures an archiver run.
+type Config struct {
+	// ConnString reaches the primary: a libpq keyword/value string or URL.
+	ConnString string
+	// Slot is the physical replication slot, created if absent.
+	Slot string
+	// AppName is the application_name the primary sees. It must not match
+	// synchronous_standby_names unless Synchronous is set.
+	AppName string
+	// SyncInterval is how often the bytes of a filling segment are shipped
+	// as a piece, bounding what a crash of the primary can lose.
+	SyncInterval time.Duration
+	// StatusInterval is how often a status update goes to the primary.
+	StatusInterval time.Duration
+	// Synchronous ships and acknowledges as soon as WAL arrives.
+	Synchronous bool
+	// UntilCaughtUp stops once everything the primary had flushed when the
+	// run started is in the repository.
+	UntilCaughtUp bool
+	// MemoryLimit bounds the bytes of segment buffers (the filling one and
+	// those queued for upload); at least two segments are always allowed.
+	MemoryLimit int64
+	// Uploaders is how many objects upload at once.
+	Uploaders int
+	// StopTimeout bounds how long a stop waits for received WAL to be
+	// stored and acknowledged.
+	StopTimeout time.Duration
+	// Log receives progress and problems; nil discards.
+	Log *slog.Logger
+}
+
+// Defaults for Config's zero fields.
+const (
+	DefaultSlot           = "walship"
+	DefaultAppName        = "walship"
+	DefaultSyncInterval   = time.Second
+	DefaultStatusInterval = 10 * time.Second
+	DefaultMemoryLimit    = 48 << 20
+	DefaultUploaders      = 2
+	DefaultStopTimeout    = time.Minute
+)
+
+func (c *Config) setDefaults() error {
+	if c.Slot == "" {
+		c.Slot = DefaultSlot
+	}
+	if err := ValidSlotName(c.Slot); err != nil {
+		return err
+	}
+	if c.AppName == "" {
+		c.AppName = DefaultAppName
+	}
+	if c.SyncInterval == 0 {
+		c.SyncInterval = DefaultSyncInterval
+	}
+	if c.SyncInterval < 10*time.Millisecond {
+		return fmt.Errorf("sync interval %s: use at least 10ms", c.SyncInterval)
+	}
+	if c.StatusInterval == 0 {
+		c.StatusInterval = DefaultStatusInterval
+	}
+	if c.MemoryLimit == 0 {
+		c.MemoryLimit = DefaultMemoryLimit
+	}
+	if c.Uploaders <= 0 {
+		c.Uploaders = DefaultUploaders
+	}
+	if c.StopTimeout == 0 {
+		c.StopTimeout = DefaultStopTimeout
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Result sums up a run.
+type Result struct {
+	Timeline wal.TimeLineID
+	Durable  wal.LSN // everything before it is in the repository and acknowledged
+	Segments int     // complete segments stored
+	Pieces   int     // pieces stored
+}
+
+// Run streams WAL from the primary into repo until ctx is done (a clean
+// stop: what was received is stored and acknowledged, and Run returns nil),
+// until caught up when cfg.UntilCaughtUp is set, or until an error that
+// reconnecting cannot fix. Dropped connections are retried with backoff.
+func Run(ctx context.Context, repo *catalog.Repo, cfg Config) (Result, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return Result{}, err
+	}
+	var total Result
+	backoff := time.Second
+	for {
+		s := &session{cfg: cfg, repo: repo, log: cfg.Log, stop: ctx.Done()}
+		res, err := s.run(context.WithoutCancel(ctx))
+		total.Timeline, total.Segments, total.Pieces = res.Timeline, total.Segments+res.Segments, total.Pieces+res.Pieces
+		total.Durable = max(total.Durable, res.Durable)
+		if err == nil {
+			return total, nil
+		}
+		if ctx.Err() != nil {
+			// Stopped: what was streamed is stored; a set-up cut short is
+			// no failure.
+			cfg.Log.Warn("stopped; the last session ended with an error", slog.Any(keyError, err))
+			return total, nil
+		}
+		var ce *ConfigError
+		if errors.As(err, &ce) || errors.Is(err, errConflict) || errors.Is(err, errFatal) {
+			return total, err
+		}
+		cfg.Log.Warn("replication interrupted; reconnecting", slog.Any(keyError, err), slog.Duration("in", backoff))
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return total, nil
+		}
+		if res.Durable > 0 {
+			backoff = time.Second // progress was made: the next failure is new
+		} else {
+			backoff = min(backoff*2, time.Minute)
+		}
+	}
+}
+
+// errFatal marks session errors that reconnecting cannot fix.
+var errFatal = errors.New("fatal")

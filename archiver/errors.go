@@ -1,0 +1,72 @@
+package archiver
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// ConfigError is a problem that retrying cannot fix: bad credentials, missing
+// privileges, server settings. Its message says what to change.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// explainConnectError turns the server's refusals into errors that say what
+// to fix. Errors from pgconn never hold the password.
+func explainConnectError(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == "28P01" || pgErr.Code == "28000" && strings.Contains(pgErr.Message, "password"):
+			return &ConfigError{fmt.Errorf("connect: %s; check the password (PGPASSWORD, .pgpass or the connection string)", pgErr.Message)}
+		case pgErr.Code == "28000":
+			return &ConfigError{fmt.Errorf("connect: %s; the server's pg_hba.conf needs a line allowing replication connections for this user and address", pgErr.Message)}
+		case pgErr.Code == "42501":
+			return &ConfigError{fmt.Errorf("connect: %s; grant it with ALTER ROLE ... REPLICATION", pgErr.Message)}
+		case pgErr.Code == "53300":
+			return fmt.Errorf("connect: %s; all replication connections are in use: raise max_wal_senders on the server or stop another client", pgErr.Message)
+		case pgErr.Code == "55000" && strings.Contains(pgErr.Message, "wal_level"):
+			return &ConfigError{fmt.Errorf("connect: %s; set wal_level = replica (or logical) on the server and restart it", pgErr.Message)}
+		}
+	}
+	return fmt.Errorf("connect: %w", redactErr(err))
+}
+
+// explainServerError adds what to do to errors of replication commands.
+func explainServerError(err error) error {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return err
+	}
+	switch {
+	case pgErr.Code == "42501":
+		return &ConfigError{fmt.Errorf("%s; the role needs the REPLICATION attribute (ALTER ROLE ... REPLICATION)", pgErr.Message)}
+	case pgErr.Code == "55000" && strings.Contains(pgErr.Message, "wal_level"):
+		return &ConfigError{fmt.Errorf("%s; set wal_level = replica (or logical) on the server and restart it", pgErr.Message)}
+	case pgErr.Code == "53400" || strings.Contains(pgErr.Message, "max_replication_slots"):
+		return &ConfigError{fmt.Errorf("%s; raise max_replication_slots on the server or drop an unused slot", pgErr.Message)}
+	case pgErr.Code == "55006":
+		return fmt.Errorf("%s; another client (or a dead connection the server has not noticed yet, until wal_sender_timeout) is using the slot", pgErr.Message)
+	}
+	return err
+}
+
+// redactErr removes a password that pgconn may quote from a connection
+// string it could not parse.
+func redactErr(err error) error {
+	msg := err.Error()
+	for _, key := range []string{"password=", "password:"} {
+		if i := strings.Index(msg, key); i >= 0 {
+			end := strings.IndexAny(msg[i+len(key):], " '\"&@")
+			if end < 0 {
+				end = len(msg) - i - len(key)
+			}
+			msg = msg[:i+len(key)] + "xxxxx" + msg[i+len(key)+end:]
+		}
+	}
+	return errors.New(msg)
+}

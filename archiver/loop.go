@@ -1,0 +1,175 @@
+package archiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/walship/walship/internal/wal"
+)
+
+// loop handles one START_REPLICATION's stream. It returns the next start
+// point after the server ended the timeline, or nil when the run is over.
+func (s *session) loop(ctx context.Context) (*startPoint, error) {
+	rctx, stopReceiving := context.WithCancel(ctx)
+	defer stopReceiving()
+	msgs := make(chan message, 16)
+	receiverDone := make(chan struct{})
+	go func() {
+		defer close(receiverDone)
+		receive(rctx, s.conn, msgs)
+	}()
+	defer func() {
+		stopReceiving()
+		// A receiver blocked in ReceiveMessage wakes when its context ends.
+		<-receiverDone
+	}()
+
+	statusTick := time.NewTicker(s.cfg.StatusInterval)
+	defer statusTick.Stop()
+	syncTick := time.NewTicker(s.cfg.SyncInterval)
+	defer syncTick.Stop()
+
+	var (
+		held       []byte  // received bytes waiting for a free buffer
+		replyAt    wal.LSN // answer the server once this is durable
+		replying   bool
+		draining   bool // stop: ship what was received, then end
+		timelineUp bool // the server ended the timeline
+		stop       = s.stop
+	)
+	if s.cfg.UntilCaughtUp && s.received >= s.target {
+		draining = true
+	}
+	for {
+		if draining && held == nil && s.cur != nil && s.cur.filled > s.cur.shipped {
+			s.shipPiece()
+		}
+		if timelineUp && held == nil && s.cur != nil && s.cur.filled > 0 {
+			s.finishSegment(true)
+		}
+		if (draining || timelineUp) && len(s.open) == 0 {
+			break
+		}
+		var in <-chan message
+		if held == nil && !draining && !timelineUp {
+			in = msgs
+		}
+		var out chan<- *job
+		var first *job
+		if len(s.queue) > 0 {
+			out, first = s.jobs, s.queue[0]
+		}
+		select {
+		case <-stop:
+			stop = nil
+			draining = true
+			s.log.Info("stopping: storing what was received", slog.String(keyLSN, s.received.String()))
+		case out <- first:
+			s.queue = s.queue[1:]
+		case r := <-s.results:
+			if r.err != nil {
+				return nil, fmt.Errorf("store %s: %w", r.j.key, r.err)
+			}
+			s.finished[r.j.seq] = true
+			if r.j.kind == jobPiece {
+				s.pieces--
+			}
+			advanced := s.retire()
+			if held != nil && s.cur == nil {
+				if err := s.accept(&xlogData{start: s.received, data: held}, &held); err != nil && !errors.Is(err, errBufferWait) {
+					return nil, err
+				}
+			}
+			if replying && s.durable >= replyAt {
+				replying = false
+				if err := s.status(false); err != nil {
+					return nil, err
+				}
+			} else if advanced && s.cfg.Synchronous {
+				if err := s.status(false); err != nil {
+					return nil, err
+				}
+			}
+			if s.cfg.Synchronous && s.pieces == 0 && !draining {
+				s.shipPiece()
+			}
+		case m := <-in:
+			switch {
+			case m.err != nil:
+				return nil, m.err
+			case m.copyDone:
+				timelineUp = true
+			case m.keepalive != nil:
+				s.serverEnd = max(s.serverEnd, m.keepalive.serverEnd)
+				if m.keepalive.replyRequested {
+					// Make the received tail durable first, so that a
+					// primary shutting down never waits on walship.
+					s.shipPiece()
+					replyAt, replying = s.received, true
+					if s.durable >= replyAt {
+						replying = false
+						if err := s.status(false); err != nil {
+							return nil, err
+						}
+					}
+				}
+			case m.xlog != nil:
+				s.serverEnd = max(s.serverEnd, m.xlog.serverEnd)
+				if err := s.accept(m.xlog, &held); err != nil && !errors.Is(err, errBufferWait) {
+					return nil, err
+				}
+				if s.cfg.Synchronous && s.pieces == 0 {
+					s.shipPiece()
+				}
+				if s.cfg.UntilCaughtUp && s.received >= s.target {
+					draining = true
+				}
+			}
+		case <-syncTick.C:
+			// Pieces matter at the tip; while catching up, whole segments
+			// follow each other quickly and pieces would be wasted work.
+			if s.received >= s.serverEnd {
+				s.shipPiece()
+			}
+		case <-statusTick.C:
+			if err := s.status(false); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if !timelineUp {
+		if err := s.status(false); err != nil {
+			return nil, err
+		}
+		s.log.Info("stopped", slog.String("durable", s.durable.String()), slog.Any(keyTimeline, s.tli))
+		return nil, nil
+	}
+	return s.nextTimeline(ctx, receiverDone)
+}
+
+// nextTimeline asks the server which timeline follows the one it ended and
+// where, once everything of the old one is stored.
+func (s *session) nextTimeline(ctx context.Context, receiverDone <-chan struct{}) (*startPoint, error) {
+	<-receiverDone // it returned after CopyDone: the connection is ours
+	if err := s.status(false); err != nil {
+		return nil, err
+	}
+	cdr, err := pglogrepl.SendStandbyCopyDone(ctx, s.conn)
+	if err != nil {
+		return nil, fmt.Errorf("end of timeline %d: %w", s.tli, explainServerError(err))
+	}
+	if cdr == nil {
+		return nil, fmt.Errorf("the server ended timeline %d without naming the next one", s.tli)
+	}
+	next, pos := wal.TimeLineID(cdr.Timeline), wal.LSN(cdr.LSN)
+	if next <= s.tli || pos > s.received {
+		return nil, fmt.Errorf("%w: the server says timeline %d follows %d at %s, after the %s received", errFatal, next, s.tli, pos, s.received)
+	}
+	s.log.Info("timeline switch", slog.Any("from", s.tli), slog.Any("to", next), slog.String(keyLSN, pos.String()))
+	return &startPoint{Segment: wal.SegmentOf(next, pos, s.segSize)}, nil
+}

@@ -1,0 +1,357 @@
+package archiver
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/walship/walship/internal/wal"
+	"github.com/walship/walship/storage/catalog"
+)
+
+// session is one replication connection's worth of streaming.
+type session struct {
+	cfg  Config
+	repo *catalog.Repo
+	log  *slog.Logger
+	stop <-chan struct{} // closed: stop cleanly
+
+	conn    *pgconn.PgConn
+	srv     server
+	segSize uint64
+	tli     wal.TimeLineID
+
+	cur       *segment // nil while waiting for a free buffer
+	received  wal.LSN  // end of the WAL received, in order
+	durable   wal.LSN  // everything before it is in the repository
+	serverEnd wal.LSN  // the server's flush position, as last reported
+	target    wal.LSN  // UntilCaughtUp: stop once received reaches it
+
+	ship      *shipper
+	jobs      chan *job
+	results   chan result
+	queue     []*job          // not yet taken by a worker
+	open      map[uint64]*job // not yet retired, by seq
+	finished  map[uint64]bool
+	nextSeq   uint64 // seq of the next job created
+	retireSeq uint64 // seq of the next job to retire
+	pieces    int    // pieces not yet finished (synchronous batching)
+	cleanup   sync.WaitGroup
+
+	bufs    chan []byte
+	maxBufs int
+	nBufs   int
+
+	res Result
+}
+
+// segment is the segment being filled.
+type segment struct {
+	seg       wal.Segment
+	buf       []byte
+	filled    uint32 // bytes received
+	shipped   uint32 // end of what pieces hold or will hold
+	verify    uint32 // bytes [0, verify) are already stored and must match
+	verifySum [32]byte
+	pieceKeys []string
+}
+
+func (s *session) run(ctx context.Context) (Result, error) {
+	// A stop during set-up abandons it; once streaming, a stop drains.
+	setup, cancel := context.WithCancel(ctx)
+	defer cancel()
+	setupDone := make(chan struct{})
+	go func() {
+		select {
+		case <-s.stop:
+			cancel()
+		case <-setupDone:
+		}
+	}()
+	conn, err := connect(setup, s.cfg.ConnString, s.cfg.AppName)
+	if err != nil {
+		return s.res, err
+	}
+	s.conn = conn
+	defer conn.Close(context.Background())
+
+	if s.srv, err = identify(setup, conn); err != nil {
+		return s.res, err
+	}
+	s.segSize = s.srv.SegmentSize
+	if _, err := s.repo.Init(setup, catalog.Meta{SystemID: s.srv.SystemID, SegmentSize: s.segSize}); err != nil {
+		return s.res, fmt.Errorf("%w: %w", errFatal, err)
+	}
+	created, err := ensureSlot(setup, conn, s.cfg.Slot)
+	if err != nil {
+		return s.res, err
+	}
+	if created {
+		s.log.Info("created replication slot", slog.String(keySlot, s.cfg.Slot))
+	}
+	sp, err := s.startPoint(setup)
+	if err != nil {
+		return s.res, err
+	}
+	s.target = s.srv.FlushLSN
+	s.ship = &shipper{repo: s.repo, log: s.log}
+	s.maxBufs = max(2, int(s.cfg.MemoryLimit/int64(s.segSize)))
+	s.bufs = make(chan []byte, s.maxBufs)
+	s.jobs = make(chan *job)
+	s.results = make(chan result, s.cfg.Uploaders)
+	s.open = map[uint64]*job{}
+	s.finished = map[uint64]bool{}
+
+	work, stopWork := context.WithCancel(ctx)
+	var workers sync.WaitGroup
+	for range s.cfg.Uploaders {
+		workers.Go(func() {
+			for j := range s.jobs {
+				err := s.ship.store(work, j)
+				select {
+				case s.results <- result{j, err}:
+				case <-work.Done():
+					return
+				}
+			}
+		})
+	}
+	defer func() {
+		close(s.jobs)
+		stopWork()
+		workers.Wait()
+		s.cleanup.Wait()
+	}()
+	close(setupDone)
+	if setup.Err() != nil {
+		return s.res, nil // stopped before streaming
+	}
+	return s.res, s.stream(ctx, sp)
+}
+
+// startPoint decides where streaming starts: after what the repository holds
+// of the newest timeline it has WAL of, else at the slot's restart position.
+func (s *session) startPoint(ctx context.Context) (startPoint, error) {
+	for t := s.srv.TLI; t >= 1; t-- {
+		sp, ok, err := resumePoint(ctx, s.repo, t, s.segSize)
+		if err != nil {
+			return startPoint{}, err
+		}
+		if ok {
+			return sp, nil
+		}
+	}
+	lsn, tli := s.srv.FlushLSN, s.srv.TLI
+	if st, ok, err := readSlot(ctx, s.conn, s.cfg.Slot, s.srv.VersionNum); err != nil {
+		return startPoint{}, err
+	} else if ok && st.RestartLSN != 0 {
+		lsn = st.RestartLSN
+		if st.RestartTLI != 0 {
+			tli = st.RestartTLI
+		}
+	}
+	s.log.Info("repository holds no WAL yet; starting at the slot's position", slog.String(keyLSN, lsn.String()), slog.Any(keyTimeline, tli))
+	return startPoint{Segment: wal.SegmentOf(tli, lsn, s.segSize)}, nil
+}
+
+// stream runs START_REPLICATION from sp and follows timeline switches.
+func (s *session) stream(ctx context.Context, sp startPoint) error {
+	for {
+		if err := s.storeHistory(ctx, sp.Segment.TLI); err != nil {
+			return err
+		}
+		start := sp.Segment.Start(s.segSize)
+		s.tli = sp.Segment.TLI
+		s.res.Timeline = s.tli
+		err := pglogrepl.StartReplication(ctx, s.conn, s.cfg.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
+			Timeline: int32(s.tli),
+			Mode:     pglogrepl.PhysicalReplication,
+		})
+		if next, pos, ok := pglogrepl.IsErrEndTimeline(err); ok {
+			// The start is exactly where timeline s.tli ended.
+			sp = startPoint{Segment: wal.SegmentOf(wal.TimeLineID(next), wal.LSN(pos), s.segSize)}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("START_REPLICATION at %s on timeline %d: %w", start, s.tli, explainServerError(err))
+		}
+		s.log.Info("streaming", slog.String(keyLSN, start.String()), slog.Any(keyTimeline, s.tli), slog.String(keySlot, s.cfg.Slot))
+		s.received = start
+		s.durable = max(s.durable, start+wal.LSN(sp.Stored))
+		if s.cur != nil { // an empty segment left at a timeline switch
+			s.releaseBuf(s.cur.buf)
+			s.cur = nil
+		}
+		if !s.newSegment(sp.Segment) {
+			return fmt.Errorf("no buffer for the first segment") // cannot happen: none in use
+		}
+		s.cur.shipped, s.cur.verify, s.cur.verifySum = sp.Stored, sp.Stored, sp.StoredSum
+		s.cur.pieceKeys = sp.PieceKeys
+
+		next, err := s.loop(ctx)
+		if err != nil || next == nil {
+			return err
+		}
+		sp = *next
+	}
+}
+
+// storeHistory stores tli's history file before any of its WAL.
+func (s *session) storeHistory(ctx context.Context, tli wal.TimeLineID) error {
+	if tli == 1 {
+		return nil
+	}
+	h, err := pglogrepl.TimelineHistory(ctx, s.conn, int32(tli))
+	if err != nil {
+		return fmt.Errorf("TIMELINE_HISTORY %d: %w", tli, explainServerError(err))
+	}
+	if _, err := wal.ParseHistory(h.Content); err != nil {
+		return fmt.Errorf("history of timeline %d from the server: %w", tli, err)
+	}
+	return s.ship.store(ctx, &job{kind: jobHistory, key: catalog.HistoryKey(tli), data: h.Content})
+}
+
+// newSegment starts filling seg; false when every buffer is in use.
+func (s *session) newSegment(seg wal.Segment) bool {
+	var buf []byte
+	select {
+	case buf = <-s.bufs:
+	default:
+		if s.nBufs >= s.maxBufs {
+			return false
+		}
+		buf = make([]byte, s.segSize)
+		s.nBufs++
+	}
+	s.cur = &segment{seg: seg, buf: buf}
+	return true
+}
+
+func (s *session) releaseBuf(b []byte) { s.bufs <- b }
+
+// enqueue creates a job; workers take jobs in creation order.
+func (s *session) enqueue(j *job) {
+	j.seq = s.nextSeq
+	s.nextSeq++
+	s.open[j.seq] = j
+	s.queue = append(s.queue, j)
+	if j.kind == jobPiece {
+		s.pieces++
+	}
+}
+
+// shipPiece queues the bytes of the filling segment not yet shipped.
+func (s *session) shipPiece() {
+	c := s.cur
+	if c == nil || c.filled <= c.shipped {
+		return
+	}
+	key := catalog.PieceKey(c.seg, s.segSize, c.shipped, c.filled)
+	c.pieceKeys = append(c.pieceKeys, key)
+	s.enqueue(&job{kind: jobPiece, key: key, data: c.buf[c.shipped:c.filled], end: c.seg.Start(s.segSize) + wal.LSN(c.filled)})
+	c.shipped = c.filled
+}
+
+// finishSegment queues the filled segment, whole or (at a timeline's end)
+// as a partial.
+func (s *session) finishSegment(partial bool) {
+	c := s.cur
+	s.cur = nil
+	j := &job{kind: jobSegment, key: catalog.SegmentKey(c.seg, s.segSize), data: c.buf,
+		end: c.seg.Start(s.segSize) + wal.LSN(c.filled), pieceKeys: c.pieceKeys}
+	if partial {
+		j.kind, j.key, j.data = jobPartial, catalog.PartialKey(c.seg, s.segSize), c.buf[:c.filled]
+	}
+	buf := c.buf
+	j.releaseBuf = func() { s.releaseBuf(buf) }
+	s.enqueue(j)
+}
+
+// retire advances the durable position over the run of finished jobs.
+func (s *session) retire() bool {
+	advanced := false
+	for s.finished[s.retireSeq] {
+		j := s.open[s.retireSeq]
+		delete(s.finished, s.retireSeq)
+		delete(s.open, s.retireSeq)
+		s.retireSeq++
+		if j.end > s.durable {
+			s.durable = j.end
+			advanced = true
+		}
+		switch j.kind {
+		case jobPiece:
+			s.res.Pieces++
+		case jobSegment, jobPartial:
+			s.res.Segments++
+			s.log.Debug("stored segment", slog.String(keyKey, j.key))
+			if len(j.pieceKeys) > 0 {
+				keys := j.pieceKeys
+				s.cleanup.Go(func() { s.ship.deletePieces(context.Background(), keys) })
+			}
+			j.releaseBuf()
+		}
+	}
+	s.res.Durable = s.durable
+	return advanced
+}
+
+func (s *session) status(reply bool) error {
+	if err := sendStatus(s.conn, s.received, s.durable, reply); err != nil {
+		return fmt.Errorf("send status: %w", err)
+	}
+	return nil
+}
+
+// verifyPrefix checks re-streamed bytes against the pieces stored before.
+func (s *session) verifyPrefix() error {
+	c := s.cur
+	if c.verify == 0 || c.filled < c.verify {
+		return nil
+	}
+	if sha256.Sum256(c.buf[:c.verify]) != c.verifySum {
+		return fmt.Errorf("%w: the server's WAL of segment %s differs from the pieces the repository holds; the primary diverged (a failover without a timeline switch?) or another cluster writes here", errConflict, c.seg.Name(s.segSize))
+	}
+	c.verify = 0
+	return nil
+}
+
+var errBufferWait = errors.New("waiting for a buffer")
+
+// accept adds an XLogData message to the filling segment(s). It returns
+// errBufferWait, with the unconsumed rest in *rest, when a segment completed
+// and no buffer is free for the next.
+func (s *session) accept(x *xlogData, rest *[]byte) error {
+	if x.start != s.received {
+		return fmt.Errorf("server sent WAL at %s, expected %s", x.start, s.received)
+	}
+	data := x.data
+	for len(data) > 0 {
+		if s.cur == nil {
+			next := wal.SegmentOf(s.tli, s.received, s.segSize)
+			if !s.newSegment(next) {
+				*rest = data
+				return errBufferWait
+			}
+		}
+		c := s.cur
+		n := copy(c.buf[c.filled:], data)
+		c.filled += uint32(n)
+		s.received += wal.LSN(n)
+		data = data[n:]
+		if err := s.verifyPrefix(); err != nil {
+			return err
+		}
+		if uint64(c.filled) == s.segSize {
+			s.finishSegment(false)
+		}
+	}
+	*rest = nil
+	return nil
+}
