@@ -86,7 +86,7 @@ func waldump(t *testing.T, dir string, tli wal.TimeLineID, from, to wal.LSN) str
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "--path", dir, "--timeline", fmt.Sprint(tli), "--start", from.String(), "--end", to.String(), "--quiet")
+	cmd := exec.Command(bin, "--path", dir, "--timeline", fmt.Sprint(tli), "--start", from.String(), "--end", to.String())
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("pg_waldump %s..%s: %v\n%s", from, to, err, out)
