@@ -267,6 +267,14 @@ func (s *session) finishSegment(partial bool) {
 		end: c.seg.Start(s.segSize) + wal.LSN(c.filled), pieceKeys: c.pieceKeys}
 	if partial {
 		j.kind, j.key, j.data = jobPartial, catalog.PartialKey(c.seg, s.segSize), c.buf[:c.filled]
+		if c.verify > c.filled {
+			// Pieces stored earlier run past the timeline's end: WAL that
+			// a primary wrote after its standby was promoted. Keep it as
+			// evidence rather than delete it with the superseded pieces.
+			s.log.Warn("the repository holds WAL past the end of this timeline, from a primary that went on after a failover; keeping it",
+				slog.String(keySegment, c.seg.Name(s.segSize)), slog.Int("server_bytes", int(c.filled)), slog.Int("stored_bytes", int(c.verify)))
+			j.pieceKeys = nil
+		}
 	}
 	buf := c.buf
 	j.releaseBuf = func() { s.releaseBuf(buf) }
