@@ -41,6 +41,7 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 		draining   bool // stop: ship what was received, then end
 		timelineUp bool // the server ended the timeline
 		stop       = s.stop
+		stopLimit  <-chan time.Time
 	)
 	if s.cfg.UntilCaughtUp && s.received >= s.target {
 		draining = true
@@ -68,7 +69,10 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 		case <-stop:
 			stop = nil
 			draining = true
+			stopLimit = time.After(s.cfg.StopTimeout)
 			s.log.Info("stopping: storing what was received", slog.String(keyLSN, s.received.String()))
+		case <-stopLimit:
+			return nil, fmt.Errorf("stop: WAL from %s to %s was not stored within %s; it was not acknowledged, and the next run streams it again from the slot", s.durable, s.received, s.cfg.StopTimeout)
 		case out <- first:
 			s.queue = s.queue[1:]
 		case r := <-s.results:
