@@ -94,7 +94,9 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 				if err := s.status(false); err != nil {
 					return nil, err
 				}
-			} else if advanced && s.cfg.Synchronous {
+			} else if advanced && (s.cfg.Synchronous || time.Since(s.lastStatus) >= statusThrottle) {
+				// Telling the primary promptly lets it recycle WAL and
+				// shows true lag in pg_stat_replication.
 				if err := s.status(false); err != nil {
 					return nil, err
 				}

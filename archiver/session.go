@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -43,6 +44,8 @@ type session struct {
 	retireSeq uint64 // seq of the next job to retire
 	pieces    int    // pieces not yet finished (synchronous batching)
 	cleanup   sync.WaitGroup
+
+	lastStatus time.Time
 
 	bufs    chan []byte
 	maxBufs int
@@ -310,10 +313,14 @@ func (s *session) retire() bool {
 	return advanced
 }
 
+// statusThrottle spaces the status updates sent because WAL became durable.
+const statusThrottle = 250 * time.Millisecond
+
 func (s *session) status(reply bool) error {
 	if err := sendStatus(s.conn, s.received, s.durable, reply); err != nil {
 		return fmt.Errorf("send status: %w", err)
 	}
+	s.lastStatus = time.Now()
 	return nil
 }
 
