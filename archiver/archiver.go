@@ -115,6 +115,7 @@ func Run(ctx context.Context, repo *catalog.Repo, cfg Config) (Result, error) {
 	}
 	var total Result
 	backoff := time.Second
+	failures := 0
 	for {
 		s := &session{cfg: cfg, repo: repo, log: cfg.Log, stop: ctx.Done()}
 		res, err := s.run(context.WithoutCancel(ctx))
@@ -133,19 +134,31 @@ func Run(ctx context.Context, repo *catalog.Repo, cfg Config) (Result, error) {
 		if errors.As(err, &ce) || errors.Is(err, errConflict) || errors.Is(err, errFatal) {
 			return total, err
 		}
+		if res.Durable > 0 {
+			failures = 0 // progress was made: the next failure is new
+		}
+		if failures++; cfg.UntilCaughtUp && failures > boundedRetries {
+			// A bounded run has a scheduler that runs it again; failing
+			// now says what is wrong sooner than retrying forever.
+			return total, err
+		}
 		cfg.Log.Warn("replication interrupted; reconnecting", slog.Any(keyError, err), slog.Duration("in", backoff))
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
 			return total, nil
 		}
-		if res.Durable > 0 {
-			backoff = time.Second // progress was made: the next failure is new
+		if failures == 1 {
+			backoff = time.Second
 		} else {
 			backoff = min(backoff*2, time.Minute)
 		}
 	}
 }
+
+// boundedRetries is how often an UntilCaughtUp run reconnects after
+// failures without progress before it gives up.
+const boundedRetries = 2
 
 // errFatal marks session errors that reconnecting cannot fix.
 var errFatal = errors.New("fatal")

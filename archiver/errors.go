@@ -27,6 +27,8 @@ func explainConnectError(err error) error {
 			return &ConfigError{fmt.Errorf("connect: %s; the server's pg_hba.conf needs a line allowing replication connections for this user and address", pgErr.Message)}
 		case pgErr.Code == "42501":
 			return &ConfigError{fmt.Errorf("connect: %s; grant it with ALTER ROLE ... REPLICATION", pgErr.Message)}
+		case pgErr.Code == "53300" && strings.Contains(pgErr.Message, "(currently 0)"):
+			return &ConfigError{fmt.Errorf("connect: %s; the server allows no replication: set wal_level = replica and max_wal_senders > 0, then restart it", pgErr.Message)}
 		case pgErr.Code == "53300":
 			return fmt.Errorf("connect: %s; all replication connections are in use: raise max_wal_senders on the server or stop another client", pgErr.Message)
 		case pgErr.Code == "55000" && strings.Contains(pgErr.Message, "wal_level"):
@@ -49,6 +51,10 @@ func explainServerError(err error) error {
 		return &ConfigError{fmt.Errorf("%s; set wal_level = replica (or logical) on the server and restart it", pgErr.Message)}
 	case pgErr.Code == "53400" || strings.Contains(pgErr.Message, "max_replication_slots"):
 		return &ConfigError{fmt.Errorf("%s; raise max_replication_slots on the server or drop an unused slot", pgErr.Message)}
+	case strings.Contains(pgErr.Message, "has already been removed") || strings.Contains(pgErr.Message, "can no longer"):
+		return fmt.Errorf("%w: %s; the primary removed WAL that was never archived (the slot was invalidated, e.g. by max_slot_wal_keep_size, or dropped and made again): "+
+			"the repository has a gap from here, and no backup taken before it can be recovered past it. Take a new base backup; to archive again, "+
+			"drop the slot (SELECT pg_drop_replication_slot('<slot>')) so that walship creates it anew", errFatal, pgErr.Message)
 	case pgErr.Code == "55006":
 		return fmt.Errorf("%s; another client (or a dead connection the server has not noticed yet, until wal_sender_timeout) is using the slot", pgErr.Message)
 	}

@@ -9,7 +9,7 @@
 //	wal/TTTTTTTT/<segment>                        a complete segment
 //	wal/TTTTTTTT/<segment>.pieces/SSSSSSSS-EEEEEEEE  bytes [S, E) of a segment still filling
 //	wal/TTTTTTTT/<segment>.partial                a segment cut short by a timeline switch
-//	locks/archiver                                the archiver lease
+//	locks/archiver/GGGGGGGGGGGGGGGG               generation G (16 hex digits) of the archiver lease (plain JSON)
 //
 // TTTTTTTT is the timeline in 8 upper-case hex digits and <segment> PostgreSQL's
 // 24-digit segment name, so that listings come in WAL order. Every object but

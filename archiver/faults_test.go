@@ -1,0 +1,162 @@
+package archiver
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walship/walship/internal/pgtest"
+)
+
+// prependHBA puts lines before pgtest's trust-everything pg_hba.conf lines
+// and reloads the server.
+func prependHBA(t *testing.T, c *pgtest.Cluster, lines string) {
+	p := filepath.Join(c.DataDir(), "pg_hba.conf")
+	old, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, append([]byte(lines+"\n"), old...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.Exec(t, "SELECT pg_reload_conf()")
+}
+
+func TestConnectErrors(t *testing.T) {
+	c := pgtest.Start(t, pgtest.Options{})
+	c.Exec(t, "CREATE ROLE pwuser LOGIN REPLICATION PASSWORD 'right-secret'")
+	c.Exec(t, "CREATE ROLE norep LOGIN")
+	prependHBA(t, c, "host all pwuser 127.0.0.1/32 scram-sha-256\nhost replication pwuser 127.0.0.1/32 scram-sha-256")
+	base := strings.Replace(c.ConnString(), "user=postgres", "", 1)
+	cases := []struct {
+		name, conn, want string
+	}{
+		{"wrong password", base + " user=pwuser password=wrong-secret", "check the password"},
+		{"no replication privilege", base + " user=norep", "REPLICATION"},
+		{"nobody listening", "host=127.0.0.1 port=1 user=postgres connect_timeout=2", "connect"},
+		{"bad connection string", "host=127.0.0.1 port=notaport password=hunter2", "connection string"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Run(t.Context(), fileRepo(t), Config{ConnString: tc.conn, UntilCaughtUp: true, Log: testLogger(t)})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Run = %v, want an error saying %q", err, tc.want)
+			}
+			for _, secret := range []string{"wrong-secret", "right-secret", "hunter2"} {
+				if strings.Contains(err.Error(), secret) {
+					t.Errorf("the error shows a password: %v", err)
+				}
+			}
+		})
+	}
+	// The right password works, and the error types tell config from
+	// transient problems.
+	if _, err := Run(t.Context(), fileRepo(t), Config{ConnString: base + " user=pwuser password=right-secret", UntilCaughtUp: true, Log: testLogger(t)}); err != nil {
+		t.Fatalf("right password: %v", err)
+	}
+	_, err := Run(t.Context(), fileRepo(t), Config{ConnString: base + " user=norep", UntilCaughtUp: true, Log: testLogger(t)})
+	var ce *ConfigError
+	if !errors.As(err, &ce) {
+		t.Errorf("missing privilege gave %T, want *ConfigError", err)
+	}
+}
+
+func TestServerSettingErrors(t *testing.T) {
+	c := pgtest.Start(t, pgtest.Options{Conf: []string{"wal_level = minimal", "max_wal_senders = 0"}})
+	_, err := Run(t.Context(), fileRepo(t), Config{ConnString: c.ConnString(), Log: testLogger(t)})
+	var ce *ConfigError
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "wal_level = replica") {
+		t.Errorf("wal_level minimal: %v (%T), want a *ConfigError naming wal_level", err, err)
+	}
+}
+
+func TestBusy(t *testing.T) {
+	c := pgtest.Start(t, pgtest.Options{Conf: []string{"max_wal_senders = 1"}})
+	repo := fileRepo(t)
+	stop := background(t, repo, testConfig(t, c))
+	waitFor(t, "the first archiver", func() bool {
+		return c.Scalar(t, "SELECT count(*) FROM pg_stat_replication") == "1"
+	})
+	// Another client finds every sender in use; a bounded run says so.
+	other := Config{ConnString: c.ConnString(), Slot: "other", UntilCaughtUp: true, Log: testLogger(t)}
+	if _, err := Run(t.Context(), fileRepo(t), other); err == nil || !strings.Contains(err.Error(), "max_wal_senders") {
+		t.Errorf("senders exhausted: %v", err)
+	}
+	if _, err := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The same slot in use elsewhere.
+	c2 := pgtest.Start(t, pgtest.Options{})
+	stop = background(t, fileRepo(t), testConfig(t, c2))
+	waitFor(t, "the first archiver", func() bool {
+		return c2.Scalar(t, "SELECT count(*) FROM pg_replication_slots WHERE active") == "1"
+	})
+	_, err := Run(t.Context(), fileRepo(t), Config{ConnString: c2.ConnString(), UntilCaughtUp: true, Log: testLogger(t)})
+	if err == nil || !strings.Contains(err.Error(), "is using the slot") {
+		t.Errorf("slot active elsewhere: %v", err)
+	}
+	if _, err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReconnect kills the archiver's walsender under a write load: the
+// archiver reconnects and the repository has no gap.
+func TestReconnect(t *testing.T) {
+	c := pgtest.Start(t, pgtest.Options{})
+	repo := fileRepo(t)
+	stop := background(t, repo, testConfig(t, c))
+	for i := 0; i < 3; i++ {
+		waitFor(t, "the archiver to stream", func() bool {
+			return c.Scalar(t, "SELECT count(*) FROM pg_stat_replication") == "1"
+		})
+		workload(t, c, 3000)
+		c.Exec(t, "SELECT pg_terminate_backend(pid) FROM pg_stat_replication")
+	}
+	workload(t, c, 1000)
+	target := flushLSN(t, c)
+	waitFor(t, "catch-up after reconnects", func() bool {
+		return c.Scalar(t, "SELECT coalesce(bool_or(flush_lsn >= $1::pg_lsn), false) FROM pg_stat_replication", target.String()) == "t"
+	})
+	res, err := stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Durable < target {
+		t.Fatalf("durable %s < %s", res.Durable, target)
+	}
+	complete, pieces := segmentsIn(t, repo, 1<<20)
+	checkContinuous(t, complete, pieces)
+	dir := fetchAll(t, repo, 1, 1<<20)
+	waldump(t, dir, 1, complete[0].Start(1<<20), res.Durable)
+}
+
+// TestSlotInvalidated lets the primary drop WAL the slot held: the
+// archiver refuses to go on as if the repository were continuous.
+func TestSlotInvalidated(t *testing.T) {
+	c := pgtest.Start(t, pgtest.Options{Conf: []string{"max_slot_wal_keep_size = 2MB"}})
+	repo := fileRepo(t)
+	if _, err := Run(t.Context(), repo, Config{ConnString: c.ConnString(), UntilCaughtUp: true, Log: testLogger(t)}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 6; i++ {
+		workload(t, c, 3000)
+		c.Exec(t, "SELECT pg_switch_wal()")
+		c.Exec(t, "CHECKPOINT")
+	}
+	waitFor(t, "the slot to be invalidated", func() bool {
+		return c.Scalar(t, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walship'") == "lost"
+	})
+	start := time.Now()
+	_, err := Run(t.Context(), repo, Config{ConnString: c.ConnString(), Log: testLogger(t)})
+	if err == nil || !strings.Contains(err.Error(), "gap") {
+		t.Fatalf("invalidated slot: %v, want an error about the gap", err)
+	}
+	if time.Since(start) > 30*time.Second {
+		t.Errorf("the archiver retried an invalidated slot for %s instead of stopping", time.Since(start))
+	}
+}
