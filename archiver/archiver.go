@@ -48,6 +48,13 @@ type Config struct {
 	// StopTimeout bounds how long a stop waits for received WAL to be
 	// stored and acknowledged.
 	StopTimeout time.Duration
+	// LeaseTTL is how long the repository lease lasts without renewal: a
+	// killed archiver's lease can be taken over that long (plus a clock
+	// skew margin) after its last renewal.
+	LeaseTTL time.Duration
+	// WaitForLease waits for another archiver's lease to end instead of
+	// failing with a *LeaseHeldError.
+	WaitForLease bool
 	// Log receives progress and problems; nil discards.
 	Log *slog.Logger
 }
@@ -91,6 +98,9 @@ func (c *Config) setDefaults() error {
 	if c.StopTimeout == 0 {
 		c.StopTimeout = DefaultStopTimeout
 	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = DefaultLeaseTTL
+	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
@@ -113,11 +123,34 @@ func Run(ctx context.Context, repo *catalog.Repo, cfg Config) (Result, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return Result{}, err
 	}
+	// At most one archiver writes a repository.
+	lease, err := AcquireLease(ctx, repo.Store(), LeaseOptions{
+		TTL:       cfg.LeaseTTL,
+		ClockSkew: min(DefaultLeaseClockSkew, cfg.LeaseTTL/3),
+		Wait:      cfg.WaitForLease,
+		Log:       cfg.Log,
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	keepCtx, stopKeeping := context.WithCancel(context.WithoutCancel(ctx))
+	kept := make(chan error, 1)
+	go func() { kept <- lease.Keep(keepCtx) }()
+	defer func() {
+		stopKeeping()
+		<-kept
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := lease.Release(rctx); err != nil {
+			cfg.Log.Warn("release the lease (the next run waits for it to expire)", slog.Any(keyError, err))
+		}
+	}()
+
 	var total Result
 	backoff := time.Second
 	failures := 0
 	for {
-		s := &session{cfg: cfg, repo: repo, log: cfg.Log, stop: ctx.Done()}
+		s := &session{cfg: cfg, repo: repo, log: cfg.Log, stop: ctx.Done(), lost: lease.Lost()}
 		res, err := s.run(context.WithoutCancel(ctx))
 		total.Timeline, total.Segments, total.Pieces = res.Timeline, total.Segments+res.Segments, total.Pieces+res.Pieces
 		total.Durable = max(total.Durable, res.Durable)
@@ -131,7 +164,7 @@ func Run(ctx context.Context, repo *catalog.Repo, cfg Config) (Result, error) {
 			return total, nil
 		}
 		var ce *ConfigError
-		if errors.As(err, &ce) || errors.Is(err, errConflict) || errors.Is(err, errFatal) {
+		if errors.As(err, &ce) || errors.Is(err, errConflict) || errors.Is(err, errFatal) || errors.Is(err, ErrLeaseLost) {
 			return total, err
 		}
 		if res.Durable > 0 {

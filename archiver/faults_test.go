@@ -160,3 +160,34 @@ func TestSlotInvalidated(t *testing.T) {
 		t.Errorf("the archiver retried an invalidated slot for %s instead of stopping", time.Since(start))
 	}
 }
+
+// TestOneArchiverPerRepository: a second archiver on the same repository is
+// refused with an error naming the holder, waits with WaitForLease, and
+// takes over at once after a clean stop.
+func TestOneArchiverPerRepository(t *testing.T) {
+	c := pgtest.Start(t, pgtest.Options{})
+	repo := fileRepo(t)
+	stop := background(t, repo, testConfig(t, c))
+	waitFor(t, "the first archiver", func() bool {
+		return c.Scalar(t, "SELECT count(*) FROM pg_stat_replication") == "1"
+	})
+	second := Config{ConnString: c.ConnString(), Slot: "second", UntilCaughtUp: true, Log: testLogger(t)}
+	_, err := Run(t.Context(), repo, second)
+	var held *LeaseHeldError
+	if !errors.As(err, &held) || held.Holder == "" || !strings.Contains(err.Error(), held.Holder) {
+		t.Fatalf("second archiver: %v, want a *LeaseHeldError naming the holder", err)
+	}
+	second.WaitForLease = true
+	waited := make(chan error, 1)
+	go func() {
+		_, err := Run(t.Context(), repo, second)
+		waited <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	if _, err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatalf("waiting archiver: %v", err)
+	}
+}

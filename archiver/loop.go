@@ -71,6 +71,8 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 			draining = true
 			stopLimit = time.After(s.cfg.StopTimeout)
 			s.log.Info("stopping: storing what was received", slog.String(keyLSN, s.received.String()))
+		case <-s.lost:
+			return nil, fmt.Errorf("%w: another archiver may be writing this repository; stopped without storing the %d bytes received since %s", ErrLeaseLost, uint64(s.received-s.durable), s.durable)
 		case <-stopLimit:
 			return nil, fmt.Errorf("stop: WAL from %s to %s was not stored within %s; it was not acknowledged, and the next run streams it again from the slot", s.durable, s.received, s.cfg.StopTimeout)
 		case out <- first:

@@ -22,6 +22,7 @@ type session struct {
 	repo *catalog.Repo
 	log  *slog.Logger
 	stop <-chan struct{} // closed: stop cleanly
+	lost <-chan struct{} // closed: the lease is gone, stop writing at once
 
 	conn    *pgconn.PgConn
 	srv     server
