@@ -13,6 +13,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/walship/walship/archiver"
 	"github.com/walship/walship/storage"
 	"github.com/walship/walship/storage/location"
 )
@@ -25,6 +26,9 @@ const (
 	exitOK     = 0
 	exitFailed = 1
 	exitUsage  = 2
+	// exitLeaseHeld: another archiver holds the repository's lease; a
+	// scheduler may simply try again later (sysexits' EX_TEMPFAIL).
+	exitLeaseHeld = 75
 )
 
 // Attribute keys of log records.
@@ -59,6 +63,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	fmt.Fprintf(stderr, "walship: %v\n", err)
+	if code, ok := commandExitCode(args, err); ok {
+		return code
+	}
+	var lh *archiver.LeaseHeldError
+	if errors.As(err, &lh) {
+		return exitLeaseHeld
+	}
 	var ue usageError
 	var le *location.Error
 	if errors.As(err, &ue) || errors.As(err, &le) {
@@ -85,6 +96,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "repo", EnvVars: []string{"WALSHIP_REPO"}, Usage: "repository `URL`: file:///path, s3://bucket/prefix?..., minio://host:port/bucket/prefix"},
 			&cli.StringFlag{Name: "log-format", EnvVars: []string{"WALSHIP_LOG_FORMAT"}, Value: "text", Usage: "log format: text (for people) or json (for machines)"},
+			pgFlag(),
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"WALSHIP_LOG_LEVEL"}, Value: "info", Usage: "log level: debug, info, warn or error"},
 		},
 		Before: func(c *cli.Context) (err error) {
@@ -105,6 +117,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		},
 		Commands: []*cli.Command{
 			e.checkCommand(),
+			e.archiveCommand(),
+			e.walPushCommand(), e.walFetchCommand(),
 		},
 	}
 }

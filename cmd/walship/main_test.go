@@ -10,9 +10,15 @@ import (
 	"testing"
 
 	"github.com/walship/walship/internal/miniotest"
+	"github.com/walship/walship/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { os.Exit(miniotest.Main(m)) }
+func TestMain(m *testing.M) {
+	code := m.Run()
+	pgtest.Cleanup()
+	miniotest.Cleanup()
+	os.Exit(code)
+}
 
 // walship runs the command line in-process and returns its exit code and
 // output.

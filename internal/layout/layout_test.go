@@ -34,6 +34,7 @@ var testOnly = []string{
 	module + "/storage/storagetest",
 	module + "/internal/pgtest",
 	module + "/internal/miniotest",
+	module + "/internal/clitest",
 }
 
 type pkg struct {

@@ -9,10 +9,11 @@
 //	wal/TTTTTTTT/<segment>                        a complete segment
 //	wal/TTTTTTTT/<segment>.pieces/SSSSSSSS-EEEEEEEE  bytes [S, E) of a segment still filling
 //	wal/TTTTTTTT/<segment>.partial                a segment cut short by a timeline switch
+//	wal/TTTTTTTT/<segment>.OOOOOOOO.backup        a backup history file (from wal-push)
 //	locks/archiver/GGGGGGGGGGGGGGGG               generation G (16 hex digits) of the archiver lease (plain JSON)
 //
 // TTTTTTTT is the timeline in 8 upper-case hex digits and <segment> PostgreSQL's
 // 24-digit segment name, so that listings come in WAL order. Every object but
-// walship.json goes through storage/codec, which records its compression,
+// walship.json and the lease goes through storage/codec, which records its compression,
 // encryption and sha256.
 package catalog

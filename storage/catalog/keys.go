@@ -35,6 +35,13 @@ func PartialKey(seg wal.Segment, segSize uint64) string { return SegmentKey(seg,
 // HistoryKey is the key of tli's history file.
 func HistoryKey(tli wal.TimeLineID) string { return "wal/" + wal.HistoryFileName(tli) }
 
+// BackupKey is the key of the backup history file that PostgreSQL writes
+// when a base backup that started at offset in seg ends
+// (<segment>.OOOOOOOO.backup): wal/TTTTTTTT/<segment>.OOOOOOOO.backup.
+func BackupKey(seg wal.Segment, segSize uint64, offset uint32) string {
+	return fmt.Sprintf("%s.%08X.backup", SegmentKey(seg, segSize), offset)
+}
+
 // Kind says what a WAL key holds.
 type Kind int
 
@@ -44,6 +51,7 @@ const (
 	Piece
 	Partial
 	History
+	Backup // a backup history file, <segment>.OOOOOOOO.backup
 )
 
 // WALObject is a parsed WAL key.
@@ -52,6 +60,7 @@ type WALObject struct {
 	Segment    wal.Segment // all but History
 	TLI        wal.TimeLineID
 	Start, End uint32 // Piece: the byte range within the segment
+	Offset     uint32 // Backup: the backup's start offset within the segment
 	Key        string
 	Size       int64 // stored size, from the listing
 }
@@ -88,6 +97,12 @@ func ParseWALKey(key string, segSize uint64) (WALObject, error) {
 			return bad()
 		}
 		o.Kind, o.Start, o.End = Piece, uint32(s), uint32(e)
+	case len(suffix) == 15 && strings.HasSuffix(suffix, ".backup"):
+		off, err := strconv.ParseUint(suffix[:8], 16, 32)
+		if err != nil || off >= segSize || strings.ToUpper(suffix[:8]) != suffix[:8] {
+			return bad()
+		}
+		o.Kind, o.Offset = Backup, uint32(off)
 	default:
 		return bad()
 	}

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/walship/walship/archiver"
+	"github.com/walship/walship/storage/location"
+)
+
+// pgFlag is the connection to PostgreSQL. It is both a global flag and a flag
+// of each command that connects, so that either place works.
+func pgFlag() cli.Flag {
+	return &cli.StringFlag{
+		Name: "pg", EnvVars: []string{"WALSHIP_PG"},
+		Usage: "PostgreSQL connection `CONNSTR` (libpq keyword/value or URL; PG* variables, .pgpass and sslmode work as in libpq)",
+	}
+}
+
+// pgConnString is --pg from the command or, failing that, the global flag.
+func pgConnString(c *cli.Context) string {
+	for _, cc := range c.Lineage() {
+		if cc.IsSet("pg") {
+			return cc.String("pg")
+		}
+	}
+	return ""
+}
+
+func (e *env) archiveCommand() *cli.Command {
+	flags := append([]cli.Flag{
+		pgFlag(),
+		&cli.StringFlag{Name: "slot", EnvVars: []string{"WALSHIP_SLOT"}, Value: archiver.DefaultSlot, Usage: "physical replication `SLOT`, created (with RESERVE_WAL) if absent"},
+		&cli.StringFlag{Name: "application-name", EnvVars: []string{"WALSHIP_APPLICATION_NAME"}, Value: archiver.DefaultAppName, Usage: "application_name the primary sees; name it in synchronous_standby_names only with --synchronous"},
+		&cli.DurationFlag{Name: "sync-interval", EnvVars: []string{"WALSHIP_SYNC_INTERVAL"}, Value: archiver.DefaultSyncInterval, Usage: "ship the filling segment's new WAL this often: the most a crash of the primary can lose"},
+		&cli.DurationFlag{Name: "status-interval", EnvVars: []string{"WALSHIP_STATUS_INTERVAL"}, Value: archiver.DefaultStatusInterval, Usage: "send a status update to the primary this often (keep it under wal_sender_timeout)"},
+		&cli.BoolFlag{Name: "synchronous", EnvVars: []string{"WALSHIP_SYNCHRONOUS"}, Usage: "ship and acknowledge WAL as soon as it arrives, for use in synchronous_standby_names"},
+		&cli.BoolFlag{Name: "until-caught-up", EnvVars: []string{"WALSHIP_UNTIL_CAUGHT_UP"}, Usage: "ship everything the primary had flushed at start, the filling segment included, then exit 0"},
+		&cli.DurationFlag{Name: "max-duration", EnvVars: []string{"WALSHIP_MAX_DURATION"}, Usage: "stop cleanly after `D` (0: run until stopped)"},
+		&cli.StringFlag{Name: "memory-limit", EnvVars: []string{"WALSHIP_MEMORY_LIMIT"}, Value: "48MiB", Usage: "bound on segment buffers (at least two segments)"},
+		&cli.IntFlag{Name: "uploaders", EnvVars: []string{"WALSHIP_UPLOADERS"}, Value: archiver.DefaultUploaders, Usage: "objects uploaded at once"},
+		&cli.BoolFlag{Name: "wait", EnvVars: []string{"WALSHIP_WAIT"}, Usage: "wait for another archiver's lease on the repository to end instead of failing"},
+		&cli.DurationFlag{Name: "lease-ttl", EnvVars: []string{"WALSHIP_LEASE_TTL"}, Value: archiver.DefaultLeaseTTL, Usage: "how long the repository lease outlives a killed archiver"},
+		&cli.DurationFlag{Name: "stop-timeout", EnvVars: []string{"WALSHIP_STOP_TIMEOUT"}, Value: archiver.DefaultStopTimeout, Usage: "how long a stop may take to store and acknowledge what was received"},
+	}, repoFlags()...)
+	return &cli.Command{
+		Name:  "archive",
+		Usage: "stream WAL from a physical replication slot into the repository",
+		Description: "Connects to the primary as a streaming-replication client, creates the slot if needed, and ships\n" +
+			"every WAL segment, plus the filling segment in pieces every --sync-interval. The primary is told\n" +
+			"WAL is safe only once it is in the repository. SIGINT and SIGTERM stop cleanly: what was received\n" +
+			"is stored and acknowledged first.",
+		Flags: flags,
+		Action: func(c *cli.Context) error {
+			if err := archiver.ValidSlotName(c.String("slot")); err != nil {
+				return usageError{err}
+			}
+			mem, err := location.ParseSize(c.String("memory-limit"))
+			if err != nil {
+				return usagef("--memory-limit %q: %v", c.String("memory-limit"), err)
+			}
+			for _, name := range []string{"sync-interval", "status-interval", "max-duration", "stop-timeout", "lease-ttl"} {
+				if c.Duration(name) < 0 {
+					return usagef("--%s %s: want a positive duration", name, c.Duration(name))
+				}
+			}
+			if c.Int("uploaders") < 1 || c.Int("uploaders") > 64 {
+				return usagef("--uploaders %d: want 1 to 64", c.Int("uploaders"))
+			}
+			repo, err := openCatalog(c)
+			if err != nil {
+				return err
+			}
+			ctx := c.Context
+			if d := c.Duration("max-duration"); d > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, d)
+				defer cancel()
+			}
+			res, err := archiver.Run(ctx, repo, archiver.Config{
+				ConnString:     pgConnString(c),
+				Slot:           c.String("slot"),
+				AppName:        c.String("application-name"),
+				SyncInterval:   c.Duration("sync-interval"),
+				StatusInterval: c.Duration("status-interval"),
+				Synchronous:    c.Bool("synchronous"),
+				UntilCaughtUp:  c.Bool("until-caught-up"),
+				MemoryLimit:    mem,
+				Uploaders:      c.Int("uploaders"),
+				StopTimeout:    c.Duration("stop-timeout"),
+				LeaseTTL:       c.Duration("lease-ttl"),
+				WaitForLease:   c.Bool("wait"),
+				Log:            e.log,
+			})
+			e.log.Info("archive run ended",
+				slog.String("durable", res.Durable.String()), slog.Any("timeline", res.Timeline),
+				slog.Int("segments", res.Segments), slog.Int("pieces", res.Pieces))
+			return err
+		},
+	}
+}

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/walship/walship/archiver"
+	"github.com/walship/walship/restore"
+)
+
+// Exit codes of wal-fetch, as PostgreSQL reads restore_command's status: 1
+// means "no such file" (the end of the archive), and a status above 125 makes
+// the startup process stop instead of ending recovery early.
+const (
+	exitNotFound     = 1
+	exitStopRecovery = 126
+)
+
+func (e *env) walPushCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "wal-push",
+		Usage:     "archive one WAL file: PostgreSQL's archive_command",
+		ArgsUsage: "PATH",
+		Description: "Archives the segment, .partial segment, timeline history or backup history file at PATH:\n\n" +
+			"  archive_command = 'walship --repo URL wal-push %p'\n\n" +
+			"Segments are checked against their name and the repository's walship.json (which the first segment\n" +
+			"creates). A file already archived with the same bytes succeeds; different bytes under the same name\n" +
+			"fail, since they mean two servers archive into one repository. Exit 0 once stored, 1 on failure\n" +
+			"(PostgreSQL keeps the file and tries again), 2 on bad flags.",
+		Flags: repoFlags(),
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return usageError{err}
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usagef("wal-push takes one argument, the file to archive: archive_command = 'walship --repo URL wal-push %%p'")
+			}
+			repo, err := openCatalog(c)
+			if err != nil {
+				return err
+			}
+			return archiver.Push(c.Context, repo, c.Args().First(), e.log)
+		},
+	}
+}
+
+func (e *env) walFetchCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "wal-fetch",
+		Usage:     "fetch one WAL file: PostgreSQL's restore_command",
+		ArgsUsage: "NAME DEST",
+		Description: "Writes the WAL file NAME from the repository to DEST, checksums verified, atomically:\n\n" +
+			"  restore_command = 'walship --repo URL wal-fetch %f %p'\n\n" +
+			"A segment not yet complete in the repository is served from its shipped pieces, zero-padded, unless\n" +
+			"its timeline has a successor. Exit 0 once DEST is written; 1 at once when the repository does not\n" +
+			"hold NAME; 126 on any other failure (bad flags, a repository without walship.json, damage, storage\n" +
+			"errors after retries), which makes PostgreSQL stop recovery rather than end it early.",
+		Flags: repoFlags(),
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return fetchExit(usageError{err})
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 2 {
+				return fetchExit(usagef("wal-fetch takes two arguments, the file's name and where to write it: restore_command = 'walship --repo URL wal-fetch %%f %%p'"))
+			}
+			repo, err := openCatalog(c)
+			if err != nil {
+				return fetchExit(err)
+			}
+			return fetchExit(restore.Fetch(c.Context, repo, c.Args().Get(0), c.Args().Get(1), e.log))
+		},
+	}
+}
+
+// exitError is a failure that picks its exit code.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e exitError) Error() string { return e.err.Error() }
+func (e exitError) Unwrap() error { return e.err }
+
+// ExitCode is the process's exit status for this failure.
+func (e exitError) ExitCode() int { return e.code }
+
+// fetchExit gives a wal-fetch failure its exit code.
+func fetchExit(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, restore.ErrNotFound):
+		return exitError{exitNotFound, err}
+	}
+	return exitError{exitStopRecovery, err}
+}
+
+// commandExitCode is the exit code of a failure that fixes its own: an
+// exitError, or any failure of a wal-fetch command line, including the global
+// flags that fail before the command runs (wal-fetch must not exit 2, which
+// PostgreSQL would take for the end of the archive).
+func commandExitCode(args []string, err error) (int, bool) {
+	var ee exitError
+	if errors.As(err, &ee) {
+		return ee.code, true
+	}
+	if commandName(args) == "wal-fetch" {
+		return exitStopRecovery, true
+	}
+	return 0, false
+}
+
+// commandName is the command that args (os.Args) run: the first argument
+// that is neither a global flag nor a global flag's value.
+func commandName(args []string) string {
+	takesValue := map[string]bool{}
+	for _, f := range newApp(io.Discard, io.Discard).Flags {
+		v, ok := f.(cli.DocGenerationFlag)
+		for _, n := range f.Names() {
+			takesValue[n] = ok && v.TakesValue()
+		}
+	}
+	for i := 1; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			if i+1 < len(args) {
+				return args[i+1]
+			}
+			return ""
+		case strings.HasPrefix(a, "-") && len(a) > 1:
+			name := strings.TrimLeft(a, "-")
+			if !strings.Contains(name, "=") && takesValue[name] {
+				i++
+			}
+		default:
+			return a
+		}
+	}
+	return ""
+}

@@ -1,0 +1,59 @@
+package restore
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// writeAtomic makes dest hold what fill writes, or leaves it as it was: fill
+// writes a temporary file in dest's directory, which is synced, closed and
+// renamed over dest, and the directory is synced. On any failure the
+// temporary file is removed. Errors of the local file system are
+// permanent.
+func writeAtomic(dest string, fill func(*os.File) error) (err error) {
+	dir := filepath.Dir(dest)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(dest)+".walship-*")
+	if err != nil {
+		return permanent(fmt.Errorf("create a temporary file next to %s: %w", dest, err))
+	}
+	closed := false
+	defer func() {
+		if err != nil {
+			if !closed {
+				_ = tmp.Close()
+			}
+			_ = os.Remove(tmp.Name())
+		}
+	}()
+	if err := fill(tmp); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return permanent(fmt.Errorf("sync %s: %w", tmp.Name(), err))
+	}
+	closed = true
+	if err := tmp.Close(); err != nil {
+		return permanent(fmt.Errorf("close %s: %w", tmp.Name(), err))
+	}
+	if err := os.Rename(tmp.Name(), dest); err != nil {
+		return permanent(fmt.Errorf("rename %s to %s: %w", tmp.Name(), dest, err))
+	}
+	if err := syncDir(dir); err != nil {
+		return permanent(fmt.Errorf("sync directory %s after writing %s: %w", dir, dest, err))
+	}
+	return nil
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
