@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walship/walship/internal/clitest"
 	"github.com/walship/walship/internal/miniotest"
 	"github.com/walship/walship/internal/pgtest"
 	"github.com/walship/walship/internal/wal"
@@ -23,11 +24,14 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	pgtest.Cleanup()
 	miniotest.Cleanup()
+	clitest.Cleanup()
 	os.Exit(code)
 }
 
-func fileRepo(t *testing.T) *catalog.Repo {
-	s, err := file.New(filepath.Join(t.TempDir(), "repo"))
+func fileRepo(t *testing.T) *catalog.Repo { return fileRepoAt(t, filepath.Join(t.TempDir(), "repo")) }
+
+func fileRepoAt(t *testing.T, dir string) *catalog.Repo {
+	s, err := file.New(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

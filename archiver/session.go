@@ -142,8 +142,16 @@ func (s *session) run(ctx context.Context) (Result, error) {
 // startPoint decides where streaming starts: after what the repository holds
 // of the newest timeline it has WAL of, else at the slot's restart position.
 func (s *session) startPoint(ctx context.Context) (startPoint, error) {
+	slot, slotKnown, err := readSlot(ctx, s.conn, s.cfg.Slot, s.srv.VersionNum)
+	if err != nil {
+		return startPoint{}, err
+	}
+	acked := unknownLSN
+	if slotKnown && slot.RestartLSN != 0 {
+		acked = slot.RestartLSN
+	}
 	for t := s.srv.TLI; t >= 1; t-- {
-		sp, ok, err := resumePoint(ctx, s.repo, t, s.segSize)
+		sp, ok, err := resumePoint(ctx, s.repo, t, s.segSize, acked)
 		if err != nil {
 			return startPoint{}, err
 		}
@@ -152,12 +160,10 @@ func (s *session) startPoint(ctx context.Context) (startPoint, error) {
 		}
 	}
 	lsn, tli := s.srv.FlushLSN, s.srv.TLI
-	if st, ok, err := readSlot(ctx, s.conn, s.cfg.Slot, s.srv.VersionNum); err != nil {
-		return startPoint{}, err
-	} else if ok && st.RestartLSN != 0 {
-		lsn = st.RestartLSN
-		if st.RestartTLI != 0 {
-			tli = st.RestartTLI
+	if slotKnown && slot.RestartLSN != 0 {
+		lsn = slot.RestartLSN
+		if slot.RestartTLI != 0 {
+			tli = slot.RestartTLI
 		}
 	}
 	s.log.Info("repository holds no WAL yet; starting at the slot's position", slog.String(keyLSN, lsn.String()), slog.Any(keyTimeline, tli))

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/storage/catalog"
@@ -22,7 +23,8 @@ type startPoint struct {
 
 // timelineState is what the repository holds of one timeline.
 type timelineState struct {
-	maxComplete int64 // highest complete segment number, -1 if none
+	complete    []uint64 // complete segment numbers, ascending
+	maxComplete int64    // highest complete segment number, -1 if none
 	pieces      map[uint64][]catalog.WALObject
 	partial     bool
 }
@@ -39,6 +41,7 @@ func scanTimeline(ctx context.Context, repo *catalog.Repo, tli wal.TimeLineID, s
 		}
 		switch o.Kind {
 		case catalog.Segment:
+			st.complete = append(st.complete, o.Segment.No)
 			st.maxComplete = max(st.maxComplete, int64(o.Segment.No))
 		case catalog.Piece:
 			st.pieces[o.Segment.No] = append(st.pieces[o.Segment.No], o)
@@ -49,9 +52,18 @@ func scanTimeline(ctx context.Context, repo *catalog.Repo, tli wal.TimeLineID, s
 	return st, nil
 }
 
-// resumePoint finds where the repository's WAL of tli ends. ok is false when
-// it holds none of that timeline.
-func resumePoint(ctx context.Context, repo *catalog.Repo, tli wal.TimeLineID, segSize uint64) (startPoint, bool, error) {
+// recentWindow is how many segments below the newest one may be missing
+// because their uploads were in flight when an archiver died, when the slot
+// cannot say what was acknowledged (PostgreSQL 14).
+const recentWindow = 64
+
+// resumePoint finds where the repository's WAL of tli stops being
+// continuous. Uploads run in parallel, so an archiver that died may leave
+// the newest segments with holes; all of them lie after what the primary was
+// told is flushed, acked (the slot's restart position; -1 when unknown), and
+// the first hole from there on is where streaming resumes. ok is false when
+// the repository holds none of that timeline.
+func resumePoint(ctx context.Context, repo *catalog.Repo, tli wal.TimeLineID, segSize uint64, acked wal.LSN) (startPoint, bool, error) {
 	st, err := scanTimeline(ctx, repo, tli, segSize)
 	if err != nil {
 		return startPoint{}, false, err
@@ -61,13 +73,24 @@ func resumePoint(ctx context.Context, repo *catalog.Repo, tli wal.TimeLineID, se
 	}
 	var next uint64
 	if st.maxComplete >= 0 {
-		next = uint64(st.maxComplete) + 1
+		next = firstHole(st.complete, acked, segSize)
 	} else {
 		// Only pieces: the lowest segment with pieces is the one that was
 		// filling (a later one's pieces can exist only if its upload raced).
 		next = ^uint64(0)
 		for no := range st.pieces {
 			next = min(next, no)
+		}
+	}
+	// Pieces of segments stored whole are leftovers of a run that died
+	// before deleting them.
+	for no, ps := range st.pieces {
+		if _, whole := slices.BinarySearch(st.complete, no); whole {
+			for _, p := range ps {
+				if err := repo.Store().Delete(ctx, p.Key); err != nil {
+					return startPoint{}, false, fmt.Errorf("delete superseded piece %s: %w", p.Key, err)
+				}
+			}
 		}
 	}
 	sp := startPoint{Segment: wal.Segment{TLI: tli, No: next}, FromRepo: true}
@@ -106,3 +129,32 @@ func resumePoint(ctx context.Context, repo *catalog.Repo, tli wal.TimeLineID, se
 	copy(sp.StoredSum[:], h.Sum(nil))
 	return sp, true, nil
 }
+
+// firstHole returns the first segment missing from complete (ascending) at
+// or after the one holding acked, at most one past the newest segment. When
+// acked is unknown, it is the first segment missing right after a present
+// one among the newest recentWindow segments: a wider hole down there is a
+// gap from long ago, not an upload cut short.
+func firstHole(complete []uint64, acked wal.LSN, segSize uint64) uint64 {
+	newest := complete[len(complete)-1]
+	if acked == unknownLSN {
+		for i := 1; i < len(complete); i++ {
+			if complete[i] != complete[i-1]+1 && complete[i-1]+recentWindow >= newest {
+				return complete[i-1] + 1
+			}
+		}
+		return newest + 1
+	}
+	// WAL older than the repository's oldest segment is not ours to fill.
+	low := max(min(uint64(acked)/segSize, newest+1), complete[0])
+	i, _ := slices.BinarySearch(complete, low)
+	for no := low; ; no++ {
+		if i >= len(complete) || complete[i] != no {
+			return no
+		}
+		i++
+	}
+}
+
+// unknownLSN marks an acknowledged position that cannot be read.
+const unknownLSN = ^wal.LSN(0)
