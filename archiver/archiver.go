@@ -65,7 +65,7 @@ const (
 	DefaultAppName        = "walship"
 	DefaultSyncInterval   = time.Second
 	DefaultStatusInterval = 10 * time.Second
-	DefaultMemoryLimit    = 48 << 20
+	DefaultMemoryLimit    = 32 << 20
 	DefaultUploaders      = 2
 	DefaultStopTimeout    = time.Minute
 )

@@ -36,12 +36,14 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 
 	var (
 		held       []byte  // received bytes waiting for a free buffer
+		heldBuf    []byte  // the message buffer that held points into
 		replyAt    wal.LSN // answer the server once this is durable
 		replying   bool
 		draining   bool // stop: ship what was received, then end
 		timelineUp bool // the server ended the timeline
 		stop       = s.stop
 		stopLimit  <-chan time.Time
+		statusSoon <-chan time.Time // a throttled status update that is due
 	)
 	if s.cfg.UntilCaughtUp && s.received >= s.target {
 		draining = true
@@ -90,6 +92,13 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 				if err := s.accept(&xlogData{start: s.received, data: held}, &held); err != nil && !errors.Is(err, errBufferWait) {
 					return nil, err
 				}
+				if held == nil {
+					releaseRecvBuf(heldBuf)
+					heldBuf = nil
+				}
+				if s.cfg.UntilCaughtUp && s.received >= s.target {
+					draining = true
+				}
 			}
 			if replying && s.durable >= replyAt {
 				replying = false
@@ -102,6 +111,8 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 				if err := s.status(false); err != nil {
 					return nil, err
 				}
+			} else if advanced && statusSoon == nil {
+				statusSoon = time.After(statusThrottle - time.Since(s.lastStatus))
 			}
 			if s.cfg.Synchronous && s.pieces == 0 && !draining {
 				s.shipPiece()
@@ -131,6 +142,11 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 				if err := s.accept(m.xlog, &held); err != nil && !errors.Is(err, errBufferWait) {
 					return nil, err
 				}
+				if held == nil {
+					releaseRecvBuf(m.xlog.data)
+				} else {
+					heldBuf = m.xlog.data
+				}
 				if s.cfg.Synchronous && s.pieces == 0 {
 					s.shipPiece()
 				}
@@ -145,6 +161,11 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 				s.shipPiece()
 			}
 		case <-statusTick.C:
+			if err := s.status(false); err != nil {
+				return nil, err
+			}
+		case <-statusSoon:
+			statusSoon = nil
 			if err := s.status(false); err != nil {
 				return nil, err
 			}

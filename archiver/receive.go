@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"sync"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -99,7 +100,7 @@ func parseCopyData(b []byte) (*message, error) {
 		return &message{xlog: &xlogData{
 			start:     wal.LSN(binary.BigEndian.Uint64(b[1:])),
 			serverEnd: wal.LSN(binary.BigEndian.Uint64(b[9:])),
-			data:      append([]byte(nil), payload...),
+			data:      append(recvBuf(), payload...),
 		}}, nil
 	case 'k':
 		if len(b) < 18 {
@@ -111,4 +112,19 @@ func parseCopyData(b []byte) (*message, error) {
 		}}, nil
 	}
 	return nil, nil // unknown sub-messages are ignored, as walreceiver does
+}
+
+// Message buffers are pooled: at catch-up speed the server sends thousands
+// of 128 kB messages a second, and fresh copies would be garbage the moment
+// they are in a segment buffer.
+var recvBufs = sync.Pool{New: func() any { b := make([]byte, 0, 128<<10); return &b }}
+
+func recvBuf() []byte { return (*recvBufs.Get().(*[]byte))[:0] }
+
+// releaseRecvBuf returns a message's buffer once its bytes are copied.
+func releaseRecvBuf(b []byte) {
+	if cap(b) == 128<<10 {
+		b = b[:0]
+		recvBufs.Put(&b)
+	}
 }

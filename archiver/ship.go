@@ -56,7 +56,9 @@ type shipper struct {
 func (s *shipper) store(ctx context.Context, j *job) error {
 	backoff := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
+		start := time.Now()
 		err := s.storeOnce(ctx, j)
+		s.log.Debug("upload", slog.String(keyKey, j.key), slog.Int("bytes", len(j.data)), slog.Duration("took", time.Since(start)), slog.Any(keyError, err))
 		if err == nil || errors.Is(err, errConflict) || ctx.Err() != nil {
 			return err
 		}

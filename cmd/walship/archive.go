@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"runtime/debug"
 
 	"github.com/urfave/cli/v2"
 
@@ -39,7 +40,7 @@ func (e *env) archiveCommand() *cli.Command {
 		&cli.BoolFlag{Name: "synchronous", EnvVars: []string{"WALSHIP_SYNCHRONOUS"}, Usage: "ship and acknowledge WAL as soon as it arrives, for use in synchronous_standby_names"},
 		&cli.BoolFlag{Name: "until-caught-up", EnvVars: []string{"WALSHIP_UNTIL_CAUGHT_UP"}, Usage: "ship everything the primary had flushed at start, the filling segment included, then exit 0"},
 		&cli.DurationFlag{Name: "max-duration", EnvVars: []string{"WALSHIP_MAX_DURATION"}, Usage: "stop cleanly after `D` (0: run until stopped)"},
-		&cli.StringFlag{Name: "memory-limit", EnvVars: []string{"WALSHIP_MEMORY_LIMIT"}, Value: "48MiB", Usage: "bound on segment buffers (at least two segments)"},
+		&cli.StringFlag{Name: "memory-limit", EnvVars: []string{"WALSHIP_MEMORY_LIMIT"}, Value: "64MiB", Usage: "soft limit on the process's memory; half of it, and at least two segments, buffers WAL"},
 		&cli.IntFlag{Name: "uploaders", EnvVars: []string{"WALSHIP_UPLOADERS"}, Value: archiver.DefaultUploaders, Usage: "objects uploaded at once"},
 		&cli.BoolFlag{Name: "wait", EnvVars: []string{"WALSHIP_WAIT"}, Usage: "wait for another archiver's lease on the repository to end instead of failing"},
 		&cli.DurationFlag{Name: "lease-ttl", EnvVars: []string{"WALSHIP_LEASE_TTL"}, Value: archiver.DefaultLeaseTTL, Usage: "how long the repository lease outlives a killed archiver"},
@@ -69,6 +70,9 @@ func (e *env) archiveCommand() *cli.Command {
 			if c.Int("uploaders") < 1 || c.Int("uploaders") > 64 {
 				return usagef("--uploaders %d: want 1 to 64", c.Int("uploaders"))
 			}
+			// The Go runtime collects harder as it nears the limit, rather
+			// than letting the heap grow to twice what is live.
+			debug.SetMemoryLimit(mem)
 			repo, err := openCatalog(c)
 			if err != nil {
 				return err
@@ -87,7 +91,7 @@ func (e *env) archiveCommand() *cli.Command {
 				StatusInterval: c.Duration("status-interval"),
 				Synchronous:    c.Bool("synchronous"),
 				UntilCaughtUp:  c.Bool("until-caught-up"),
-				MemoryLimit:    mem,
+				MemoryLimit:    mem / 2,
 				Uploaders:      c.Int("uploaders"),
 				StopTimeout:    c.Duration("stop-timeout"),
 				LeaseTTL:       c.Duration("lease-ttl"),

@@ -27,6 +27,7 @@ var allowed = map[string][]string{
 	"scheduler": {"storage", "internal"},
 	"storage":   {"internal"},
 	"internal":  {},
+	"bench":     {"archiver", "restore", "scheduler", "storage", "internal"},
 }
 
 // testOnly are packages that only tests may import.
@@ -99,7 +100,7 @@ func check(pkgs []pkg) []string {
 		from := layer(p.ImportPath)
 		ok, known := allowed[from]
 		if !known {
-			problems = append(problems, p.ImportPath+" is outside the layout of DESIGN.md (cmd, archiver, restore, scheduler, storage, internal)")
+			problems = append(problems, p.ImportPath+" is outside the layout of DESIGN.md (cmd, archiver, restore, scheduler, storage, internal, bench)")
 			continue
 		}
 		for _, imp := range p.Imports {

@@ -50,13 +50,13 @@ func (c Config) sizeOf(n int32) int64 {
 // is aborted (even when ctx is done) and the first error is returned, so that
 // no object becomes visible.
 func Stream[P any](ctx context.Context, t Target[P], r io.Reader, cfg Config) error {
-	first := buffer(cfg.sizeOf(1))
+	first, err := readFirst(r, cfg.sizeOf(1))
 	defer release(first)
-	n, err := io.ReadFull(r, first)
-	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+	if err != nil {
 		return err
 	}
-	if n < len(first) {
+	n := len(first)
+	if n < int(cfg.sizeOf(1)) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -66,7 +66,7 @@ func Stream[P any](ctx context.Context, t Target[P], r io.Reader, cfg Config) er
 	if err != nil {
 		return err
 	}
-	parts, err := sendParts(ctx, up, first, r, cfg)
+	parts, err := sendParts(ctx, up, first[:n], r, cfg)
 	if err == nil {
 		err = ctx.Err()
 	}
@@ -167,5 +167,34 @@ func release(b []byte) {
 	b = b[:cap(b)]
 	if p, ok := pools.Load(int64(len(b))); ok {
 		p.(*sync.Pool).Put(&b)
+	}
+}
+
+// firstChunk is where readFirst starts: most objects (WAL pieces, compressed
+// segments) are far smaller than a part.
+const firstChunk = 256 << 10
+
+// readFirst reads up to size bytes, growing its buffer as data comes, so
+// that a small object holds a small buffer. It returns fewer than size bytes
+// only at the end of r.
+func readFirst(r io.Reader, size int64) ([]byte, error) {
+	buf := buffer(min(firstChunk, size))
+	n := 0
+	for {
+		m, err := io.ReadFull(r, buf[n:])
+		n += m
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return buf[:n], nil
+		}
+		if err != nil {
+			return buf[:n], err
+		}
+		if int64(n) == size {
+			return buf, nil
+		}
+		bigger := buffer(min(int64(2*len(buf)), size))
+		copy(bigger, buf)
+		release(buf)
+		buf = bigger
 	}
 }

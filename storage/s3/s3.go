@@ -119,6 +119,10 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		// Multipart objects carry no whole-object checksum to validate;
 		// saying so on every download is noise.
 		o.DisableLogOutputChecksumValidationSkipped = true
+		// Expect: 100-continue costs a round trip on every upload over
+		// 2 MB, and a full second (the client's wait) against servers
+		// that do not answer it, as MinIO does not.
+		o.ContinueHeaderThresholdBytes = -1
 		if cfg.Checksum == ChecksumWhenRequired {
 			o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
 			o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
