@@ -332,10 +332,7 @@ func startArchiver(t *testing.T, bin, repo string, c *pgtest.Cluster) *archiverP
 		t.Fatal(err)
 	}
 	defer logFile.Close()
-	// A status update that WAL became durable is skipped when it falls
-	// within 250ms of the previous one, so the tip's may wait for the
-	// next --status-interval (10s by default).
-	a.cmd = exec.Command(bin, "--repo", repo, "archive", "--pg", c.ConnString(), "--sync-interval", "100ms", "--status-interval", "1s")
+	a.cmd = exec.Command(bin, "--repo", repo, "archive", "--pg", c.ConnString(), "--sync-interval", "100ms")
 	a.cmd.Dir = "/"
 	a.cmd.Stdout, a.cmd.Stderr = logFile, logFile
 	pgtest.RunAs(t, a.cmd)
