@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 
 func fileRepo(t *testing.T) *catalog.Repo { return fileRepoAt(t, filepath.Join(t.TempDir(), "repo")) }
 
-func fileRepoAt(t *testing.T, dir string) *catalog.Repo {
+func fileRepoAt(t testing.TB, dir string) *catalog.Repo {
 	s, err := file.New(dir)
 	if err != nil {
 		t.Fatal(err)

@@ -19,7 +19,7 @@ import (
 
 // background runs the archiver until the returned stop is called, which
 // waits for it and returns its result.
-func background(t *testing.T, repo *catalog.Repo, cfg Config) func() (Result, error) {
+func background(t testing.TB, repo *catalog.Repo, cfg Config) func() (Result, error) {
 	ctx, cancel := context.WithCancel(t.Context())
 	type out struct {
 		res Result
@@ -38,7 +38,7 @@ func background(t *testing.T, repo *catalog.Repo, cfg Config) func() (Result, er
 }
 
 // waitFor polls cond until it holds or the test's deadline is near.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for !cond() {

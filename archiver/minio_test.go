@@ -16,7 +16,7 @@ import (
 )
 
 // objectStores are the two S3 clients against the shared MinIO.
-func objectStores(t *testing.T) map[string]storage.Store {
+func objectStores(t testing.TB) map[string]storage.Store {
 	srv := miniotest.Start(t)
 	s3s, err := s3.New(t.Context(), s3.Config{
 		Bucket: srv.Bucket(t), Prefix: "pg", Endpoint: srv.URL(), Region: "us-east-1", PathStyle: true,
