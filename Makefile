@@ -30,6 +30,7 @@ bench: services
 	$(SERVE) $(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./storage/...
 
 demo: build
+	bash scripts/install-postgres.sh
 	bash scripts/demo.sh
 
 clean:

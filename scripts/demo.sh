@@ -1,20 +1,67 @@
 #!/usr/bin/env bash
-# The README's first command. The archiver, backups and restore are not built
-# yet, so for now this shows what the foundation does: it writes, lists, reads
-# back (checksum verified) and deletes an object in a throwaway file
-# repository with `walship check`, then shows that a malformed repository URL
-# is refused with exit code 2.
+# The README's first command: walship's main job on the embedded default.
+# It starts a throwaway PostgreSQL 15, archives its WAL into a throwaway file
+# repository with `walship archive` (a bounded run, then a continuous one
+# stopped with SIGTERM under a write load), shows what the repository holds,
+# and reads a shipped segment back with `walship wal-fetch` and pg_waldump.
+# Base backups and restore to a timestamp join the demo when they exist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$(mktemp -d)
-trap 'rm -rf "$repo"' EXIT
-echo "== walship check --repo file://$repo/repo"
-./bin/walship --repo "file://$repo/repo" check
+bin=$PWD/bin/walship
+pgbin=/usr/lib/postgresql/15/bin
+work=$(mktemp -d /tmp/walship-demo-XXXXXX)
+chmod 755 "$work"
+run_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+[[ $(id -u) -eq 0 ]] && chown postgres "$work"
+cleanup() {
+  run_pg "$pgbin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "== a throwaway PostgreSQL 15 in $work/data"
+run_pg "$pgbin/initdb" -D "$work/data" -U postgres -A trust --wal-segsize=1 -N >/dev/null
+cat >>"$work/data/postgresql.conf" <<CONF
+listen_addresses = ''
+unix_socket_directories = '$work'
+wal_level = replica
+CONF
+run_pg "$pgbin/pg_ctl" -D "$work/data" -l "$work/pg.log" -w start >/dev/null
+pg="host=$work port=5432 user=postgres dbname=postgres"
+psql() { "$pgbin/psql" -d "$pg" -Atq "$@"; }
+repo="file://$work/repo"
+
+echo "== walship archive --until-caught-up (creates the slot and the repository)"
+"$bin" --repo "$repo" archive --pg "$pg" --until-caught-up
+psql -c "CREATE TABLE demo AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 100000) g"
+
 echo
-echo "== walship --repo s3://Not_A_Bucket check   (a malformed URL: exit 2 expected)"
-set +e
-./bin/walship --repo "s3://Not_A_Bucket" check
-rc=$?
-set -e
-echo "exit code $rc"
-[[ $rc -eq 2 ]]
+echo "== walship archive, continuously, while rows are written; then SIGTERM"
+"$bin" --repo "$repo" archive --pg "$pg" --sync-interval 200ms &
+archiver=$!
+for i in 1 2 3; do
+  psql -c "INSERT INTO demo SELECT g, md5(g::text) FROM generate_series(1, 20000) g"
+  sleep 0.5
+done
+flushed=$(psql -c "SELECT pg_current_wal_flush_lsn()")
+sleep 1
+kill -TERM "$archiver"
+wait "$archiver"
+acked=$(psql -c "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'walship'")
+echo "primary flushed $flushed; the slot says walship has it up to $acked"
+[[ $(psql -c "SELECT '$acked'::pg_lsn >= '$flushed'::pg_lsn") == t ]] || { echo "walship acknowledged less than was flushed"; exit 1; }
+
+echo
+echo "== the repository"
+cat "$work/repo/walship.json"
+echo "$(find "$work/repo/wal" -type f -not -path '*.pieces/*' | wc -l) complete segments and $(find "$work/repo/wal" -path '*.pieces/*' -type f | wc -l) piece(s) of the filling one; the newest keys:"
+(cd "$work/repo" && find wal -type f | sort) | tail -n 4
+
+echo
+seg=$(ls "$work/repo/wal/00000001" | grep -v pieces | sort | tail -n 1)
+echo "== walship wal-fetch $seg, read by pg_waldump"
+mkdir "$work/fetched"
+"$bin" --repo "$repo" wal-fetch "$seg" "$work/fetched/$seg"
+"$pgbin/pg_waldump" --path "$work/fetched" "$seg" >"$work/dump" 2>&1 || true
+echo "pg_waldump read $(grep -c '^rmgr:' "$work/dump") records from it, the first three:"
+grep -m 3 '^rmgr:' "$work/dump"

@@ -6,7 +6,7 @@
 //	go run ./bench/catchup [-scale 80] [-walship bin/walship]
 //
 // It needs root (it runs PostgreSQL 15 as the postgres user), Debian's
-// PostgreSQL 15, /usr/bin/time and the MinIO that make services builds.
+// PostgreSQL 15 and the MinIO that make services builds.
 package main
 
 import (
@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	mgo "github.com/minio/minio-go/v7"
@@ -127,9 +128,9 @@ synchronous_commit = off
 		return err
 	}
 	var base float64
-	fmt.Printf("%-42s %9s %10s %8s %12s\n", "run", "seconds", "MB/s", "ratio", "peak RSS")
+	fmt.Printf("%-42s %9s %10s %8s %12s %13s\n", "run", "seconds", "MB/s", "ratio", "peak RSS", "of it, file")
 	for i, r := range runs {
-		secs, rssKB, err := timed(env, r.args)
+		secs, rssKB, fileKB, err := timed(env, r.args)
 		if err != nil {
 			return fmt.Errorf("%s: %w", r.name, err)
 		}
@@ -137,34 +138,55 @@ synchronous_commit = off
 		if i == 0 {
 			base = rate
 		}
-		fmt.Printf("%-42s %9.2f %10.1f %8.2f %9.1f MiB\n", r.name, secs, rate, rate/base, float64(rssKB)/1024)
+		fmt.Printf("%-42s %9.2f %10.1f %8.2f %9.1f MiB %9.1f MiB\n", r.name, secs, rate, rate/base, float64(rssKB)/1024, float64(fileKB)/1024)
 	}
 	return nil
 }
 
-// timed runs args under /usr/bin/time and returns wall seconds and peak RSS.
-func timed(env, args []string) (float64, int, error) {
-	out := filepath.Join(os.TempDir(), fmt.Sprintf("walship-bench-time-%d", os.Getpid()))
-	defer os.Remove(out)
-	cmd := exec.Command("/usr/bin/time", append([]string{"-o", out, "-f", "%e %M"}, args...)...)
+// timed runs args and returns wall seconds, peak RSS in KiB (from the
+// kernel's accounting of the child) and the largest file-backed part of the
+// RSS seen while sampling (the binary's own pages, not its heap).
+func timed(env, args []string) (float64, int, int, error) {
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = env
 	cmd.Stderr = os.Stderr
 	start := time.Now()
-	if err := cmd.Run(); err != nil {
-		return 0, 0, err
+	if err := cmd.Start(); err != nil {
+		return 0, 0, 0, err
 	}
-	_ = start
-	b, err := os.ReadFile(out)
+	done := make(chan struct{})
+	fileKB := 0
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+			if err != nil {
+				continue
+			}
+			for _, line := range strings.Split(string(b), "\n") {
+				if v, ok := strings.CutPrefix(line, "RssFile:"); ok {
+					n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+					fileKB = max(fileKB, n)
+				}
+			}
+		}
+	}()
+	err := cmd.Wait()
+	close(done)
+	secs := time.Since(start).Seconds()
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
-	f := strings.Fields(string(b))
-	if len(f) < 2 {
-		return 0, 0, fmt.Errorf("time output %q", b)
+	ru, _ := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	rss := 0
+	if ru != nil {
+		rss = int(ru.Maxrss)
 	}
-	secs, _ := strconv.ParseFloat(f[0], 64)
-	rss, _ := strconv.Atoi(f[1])
-	return secs, rss, nil
+	return secs, rss, fileKB, nil
 }
 
 func sh(name string, args ...string) error {
