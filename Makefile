@@ -26,8 +26,11 @@ lint:
 test: services lint
 	$(SERVE) $(GO) test -count=1 -timeout 30m ./...
 
-bench: services
+bench: services build
 	$(SERVE) $(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./storage/...
+	$(SERVE) $(GO) test -run '^$$' -bench SynchronousCommit -benchtime 300x ./archiver
+	$(SERVE) $(GO) test -run '^$$' -bench SyncInterval -benchtime 10x ./archiver
+	$(GO) run ./bench/catchup -scale 80
 
 demo: build
 	bash scripts/install-postgres.sh
