@@ -57,6 +57,8 @@ type Config struct {
 	WaitForLease bool
 	// Log receives progress and problems; nil discards.
 	Log *slog.Logger
+
+	retryBase time.Duration // first upload retry's wait; tests shorten it
 }
 
 // Defaults for Config's zero fields.
@@ -103,6 +105,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.retryBase == 0 {
+		c.retryBase = 200 * time.Millisecond
 	}
 	return nil
 }

@@ -1,7 +1,9 @@
 package archiver
 
 import (
+	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +11,9 @@ import (
 	"time"
 
 	"github.com/walship/walship/internal/pgtest"
+	"github.com/walship/walship/internal/wal"
+	"github.com/walship/walship/storage"
+	"github.com/walship/walship/storage/catalog"
 )
 
 // prependHBA puts lines before pgtest's trust-everything pg_hba.conf lines
@@ -190,4 +195,52 @@ func TestOneArchiverPerRepository(t *testing.T) {
 	if err := <-waited; err != nil {
 		t.Fatalf("waiting archiver: %v", err)
 	}
+}
+
+// failingStore fails the writes of WAL objects, as a store with wrong
+// credentials or no space would.
+type failingStore struct {
+	storage.Store
+	err error
+}
+
+func (f failingStore) Put(ctx context.Context, key string, r io.Reader) error {
+	if strings.HasPrefix(key, "wal/") {
+		return f.err
+	}
+	return f.Store.Put(ctx, key, r)
+}
+
+func (f failingStore) Create(ctx context.Context, key string, r io.Reader) error {
+	if strings.HasPrefix(key, "wal/") {
+		return f.err
+	}
+	return f.Store.(storage.Creator).Create(ctx, key, r)
+}
+
+// TestStorageFailure: a bounded run whose uploads keep failing ends with the
+// storage error instead of retrying forever, and acknowledges nothing.
+func TestStorageFailure(t *testing.T) {
+	c := pgtest.Start(t, pgtest.Options{})
+	workload(t, c, 2000)
+	boom := errors.New("access denied (test)")
+	repo := catalog.New(failingStore{Store: fileRepo(t).Store(), err: boom}, catalog.Options{})
+	c.Exec(t, "SELECT pg_create_physical_replication_slot('walship', true)")
+	before := slotOrZero(t, c)
+	_, err := Run(t.Context(), repo, Config{ConnString: c.ConnString(), UntilCaughtUp: true, Log: testLogger(t), retryBase: time.Millisecond})
+	if !errors.Is(err, boom) {
+		t.Fatalf("Run = %v, want the storage error", err)
+	}
+	if after := slotOrZero(t, c); after > before {
+		t.Errorf("the slot moved from %s to %s although nothing was stored", before, after)
+	}
+}
+
+func slotOrZero(t *testing.T, c *pgtest.Cluster) wal.LSN {
+	v := c.Scalar(t, "SELECT coalesce((SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'walship'), '0/0')")
+	if v == "" {
+		return 0
+	}
+	lsn, _ := wal.ParseLSN(v)
+	return lsn
 }

@@ -83,7 +83,11 @@ func (s *session) run(ctx context.Context) (Result, error) {
 		return s.res, err
 	}
 	s.conn = conn
-	defer conn.Close(context.Background())
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = conn.Close(cctx)
+	}()
 
 	if s.srv, err = identify(setup, conn); err != nil {
 		return s.res, err
@@ -104,7 +108,7 @@ func (s *session) run(ctx context.Context) (Result, error) {
 		return s.res, err
 	}
 	s.target = s.srv.FlushLSN
-	s.ship = &shipper{repo: s.repo, log: s.log}
+	s.ship = &shipper{repo: s.repo, log: s.log, backoff: s.cfg.retryBase}
 	s.maxBufs = max(2, int(s.cfg.MemoryLimit/int64(s.segSize)))
 	s.bufs = make(chan []byte, s.maxBufs)
 	s.jobs = make(chan *job)

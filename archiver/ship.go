@@ -46,21 +46,27 @@ type result struct {
 // shipper stores jobs with a few workers, retrying storage errors with
 // backoff until its context ends.
 type shipper struct {
-	repo *catalog.Repo
-	log  *slog.Logger
+	repo    *catalog.Repo
+	log     *slog.Logger
+	backoff time.Duration // first retry's wait; doubles up to 30 s
 }
 
 // store writes j, retrying transient failures. A segment, partial or history
 // already stored with the same bytes counts as stored; with different bytes
 // it is an error that retrying cannot fix.
 func (s *shipper) store(ctx context.Context, j *job) error {
-	backoff := 200 * time.Millisecond
+	backoff := s.backoff
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
 		err := s.storeOnce(ctx, j)
 		s.log.Debug("upload", slog.String(keyKey, j.key), slog.Int("bytes", len(j.data)), slog.Duration("took", time.Since(start)), slog.Any(keyError, err))
 		if err == nil || errors.Is(err, errConflict) || ctx.Err() != nil {
 			return err
+		}
+		if attempt == maxAttempts {
+			// The session ends and reconnects with its own backoff; a
+			// bounded run gives up, a continuous one tries again.
+			return fmt.Errorf("after %d attempts: %w", attempt, err)
 		}
 		s.log.Warn("upload failed; retrying", slog.String(keyKey, j.key), slog.Int("attempt", attempt), slog.Duration("in", backoff), slog.Any(keyError, err))
 		select {
@@ -71,6 +77,11 @@ func (s *shipper) store(ctx context.Context, j *job) error {
 		backoff = min(backoff*2, 30*time.Second)
 	}
 }
+
+// maxAttempts bounds the retries of one upload (about 25 s of backoff at the
+// default first wait of 200 ms), so
+// that a permanent storage error (credentials, a missing bucket) surfaces.
+const maxAttempts = 8
 
 // errConflict marks an object that exists with different bytes.
 var errConflict = errors.New("conflict")

@@ -121,8 +121,10 @@ func check(pkgs []pkg) []string {
 	return problems
 }
 
+// isTestHelper reports whether p may use the test services: the helpers
+// themselves and the benchmark programs, which run them too.
 func isTestHelper(p string) bool {
-	return contains(testOnly, p) || strings.HasPrefix(p, module+"/internal/miniotest/")
+	return contains(testOnly, p) || strings.HasPrefix(p, module+"/internal/miniotest/") || strings.HasPrefix(p, module+"/bench/")
 }
 
 func contains(list []string, s string) bool {
