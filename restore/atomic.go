@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/walship/walship/internal/durable"
 )
 
 // writeAtomic makes dest hold what fill writes, or leaves it as it was: fill
@@ -39,21 +41,8 @@ func writeAtomic(dest string, fill func(*os.File) error) (err error) {
 	if err := os.Rename(tmp.Name(), dest); err != nil {
 		return permanent(fmt.Errorf("rename %s to %s: %w", tmp.Name(), dest, err))
 	}
-	if err := syncDir(dir); err != nil {
+	if err := durable.SyncDir(dir); err != nil {
 		return permanent(fmt.Errorf("sync directory %s after writing %s: %w", dir, dest, err))
 	}
 	return nil
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

@@ -8,23 +8,15 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"github.com/walship/walship/internal/durable"
 )
 
 // errNotDir is what a path through a regular file gives: for keys it means
 // the object does not exist.
 var errNotDir = syscall.ENOTDIR
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
+func syncDir(dir string) error { return durable.SyncDir(dir) }
 
 // mkdirAll creates dir and its missing parents, syncing each parent that
 // gained an entry so that the new directories survive a crash.
