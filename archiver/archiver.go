@@ -55,6 +55,10 @@ type Config struct {
 	// WaitForLease waits for another archiver's lease to end instead of
 	// failing with a *LeaseHeldError.
 	WaitForLease bool
+	// AcceptGap lets a run whose next WAL the primary has already removed
+	// go on from where the primary's WAL begins now, leaving a gap in the
+	// repository (logged as an error) instead of stopping.
+	AcceptGap bool
 	// Log receives progress and problems; nil discards.
 	Log *slog.Logger
 
@@ -154,8 +158,9 @@ func Run(ctx context.Context, repo *catalog.Repo, cfg Config) (Result, error) {
 	var total Result
 	backoff := time.Second
 	failures := 0
+	fromSlot := false // set once a gap was accepted
 	for {
-		s := &session{cfg: cfg, repo: repo, log: cfg.Log, stop: ctx.Done(), lost: lease.Lost()}
+		s := &session{cfg: cfg, repo: repo, log: cfg.Log, stop: ctx.Done(), lost: lease.Lost(), fromSlot: fromSlot}
 		res, err := s.run(context.WithoutCancel(ctx))
 		total.Timeline, total.Segments, total.Pieces = res.Timeline, total.Segments+res.Segments, total.Pieces+res.Pieces
 		total.Durable = max(total.Durable, res.Durable)
@@ -167,6 +172,12 @@ func Run(ctx context.Context, repo *catalog.Repo, cfg Config) (Result, error) {
 			// no failure.
 			cfg.Log.Warn("stopped; the last session ended with an error", slog.Any(keyError, err))
 			return total, nil
+		}
+		if errors.Is(err, errWALRemoved) && cfg.AcceptGap && !fromSlot {
+			cfg.Log.Error("accepting a gap in the archive: streaming again from the slot's position; backups taken before it cannot be recovered past it",
+				slog.Any(keyError, err))
+			fromSlot = true
+			continue
 		}
 		var ce *ConfigError
 		if errors.As(err, &ce) || errors.Is(err, errConflict) || errors.Is(err, errFatal) || errors.Is(err, ErrLeaseLost) {

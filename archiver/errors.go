@@ -52,14 +52,17 @@ func explainServerError(err error) error {
 	case pgErr.Code == "53400" || strings.Contains(pgErr.Message, "max_replication_slots"):
 		return &ConfigError{fmt.Errorf("%s; raise max_replication_slots on the server or drop an unused slot", pgErr.Message)}
 	case strings.Contains(pgErr.Message, "has already been removed") || strings.Contains(pgErr.Message, "can no longer"):
-		return fmt.Errorf("%w: %s; the primary removed WAL that was never archived (the slot was invalidated, e.g. by max_slot_wal_keep_size, or dropped and made again): "+
-			"the repository has a gap from here, and no backup taken before it can be recovered past it. Take a new base backup; to archive again, "+
-			"drop the slot (SELECT pg_drop_replication_slot('<slot>')) so that walship creates it anew", errFatal, pgErr.Message)
+		return fmt.Errorf("%w: %w: %s; the primary removed WAL that was never archived (the slot was invalidated, e.g. by max_slot_wal_keep_size, or dropped and made again): "+
+			"the repository has a gap from here, and no backup taken before it can be recovered past it. Take a new base backup; to archive again from where the "+
+			"primary's WAL now begins, drop an invalidated slot (SELECT pg_drop_replication_slot('<slot>')) and run walship archive with --accept-gap", errFatal, errWALRemoved, pgErr.Message)
 	case pgErr.Code == "55006":
 		return fmt.Errorf("%s; another client (or a dead connection the server has not noticed yet, until wal_sender_timeout) is using the slot", pgErr.Message)
 	}
 	return err
 }
+
+// errWALRemoved marks a start position whose WAL the primary no longer has.
+var errWALRemoved = errors.New("WAL removed before it was archived")
 
 // redactErr removes a password that pgconn may quote from a connection
 // string it could not parse.

@@ -145,6 +145,13 @@ func TestReconnect(t *testing.T) {
 func TestSlotInvalidated(t *testing.T) {
 	c := pgtest.Start(t, pgtest.Options{Conf: []string{"max_slot_wal_keep_size = 2MB"}})
 	repo := fileRepo(t)
+	for range 2 {
+		if _, err := Run(t.Context(), repo, Config{ConnString: c.ConnString(), UntilCaughtUp: true, Log: testLogger(t)}); err != nil {
+			t.Fatal(err)
+		}
+		workload(t, c, 3000)
+		c.Exec(t, "SELECT pg_switch_wal()")
+	}
 	if _, err := Run(t.Context(), repo, Config{ConnString: c.ConnString(), UntilCaughtUp: true, Log: testLogger(t)}); err != nil {
 		t.Fatal(err)
 	}
@@ -163,6 +170,35 @@ func TestSlotInvalidated(t *testing.T) {
 	}
 	if time.Since(start) > 30*time.Second {
 		t.Errorf("the archiver retried an invalidated slot for %s instead of stopping", time.Since(start))
+	}
+	if !strings.Contains(err.Error(), "--accept-gap") {
+		t.Errorf("the error does not say how to go on: %v", err)
+	}
+	// The operator accepts the gap: drop the dead slot, archive again.
+	c.Exec(t, "SELECT pg_drop_replication_slot('walship')")
+	before, _ := segmentsIn(t, repo, 1<<20)
+	if _, err := Run(t.Context(), repo, Config{ConnString: c.ConnString(), UntilCaughtUp: true, AcceptGap: true, Log: testLogger(t)}); err != nil {
+		t.Fatalf("--accept-gap: %v", err)
+	}
+	// Later runs resume after the gap, without --accept-gap.
+	for i := 0; i < 2; i++ {
+		workload(t, c, 3000)
+		c.Exec(t, "SELECT pg_switch_wal()")
+		if _, err := Run(t.Context(), repo, Config{ConnString: c.ConnString(), UntilCaughtUp: true, Log: testLogger(t)}); err != nil {
+			t.Fatalf("run %d after the gap: %v", i, err)
+		}
+	}
+	after, _ := segmentsIn(t, repo, 1<<20)
+	if len(after) <= len(before) {
+		t.Fatalf("no new segments after accepting the gap")
+	}
+	last := before[len(before)-1]
+	next := after[len(before)]
+	if next.No == last.No+1 {
+		t.Errorf("segment %d follows %d: the gap was papered over", next.No, last.No)
+	}
+	if _, err := repo.Store().Stat(t.Context(), catalog.GapKey(next, 1<<20)); err != nil {
+		t.Errorf("no gap marker where the WAL resumes (%s): %v", next.Name(1<<20), err)
 	}
 }
 

@@ -23,6 +23,9 @@ type session struct {
 	log  *slog.Logger
 	stop <-chan struct{} // closed: stop cleanly
 	lost <-chan struct{} // closed: the lease is gone, stop writing at once
+	// fromSlot starts at the slot's position, not after the repository's
+	// WAL: the gap between them was accepted.
+	fromSlot bool
 
 	conn    *pgconn.PgConn
 	srv     server
@@ -103,12 +106,12 @@ func (s *session) run(ctx context.Context) (Result, error) {
 	if created {
 		s.log.Info("created replication slot", slog.String(keySlot, s.cfg.Slot))
 	}
+	s.ship = &shipper{repo: s.repo, log: s.log, backoff: s.cfg.retryBase}
 	sp, err := s.startPoint(setup)
 	if err != nil {
 		return s.res, err
 	}
 	s.target = s.srv.FlushLSN
-	s.ship = &shipper{repo: s.repo, log: s.log, backoff: s.cfg.retryBase}
 	s.maxBufs = max(2, int(s.cfg.MemoryLimit/int64(s.segSize)))
 	s.bufs = make(chan []byte, s.maxBufs)
 	s.jobs = make(chan *job)
@@ -154,7 +157,7 @@ func (s *session) startPoint(ctx context.Context) (startPoint, error) {
 	if slotKnown && slot.RestartLSN != 0 {
 		acked = slot.RestartLSN
 	}
-	for t := s.srv.TLI; t >= 1; t-- {
+	for t := s.srv.TLI; t >= 1 && !s.fromSlot; t-- {
 		sp, ok, err := resumePoint(ctx, s.repo, t, s.segSize, acked)
 		if err != nil {
 			return startPoint{}, err
@@ -170,8 +173,19 @@ func (s *session) startPoint(ctx context.Context) (startPoint, error) {
 			tli = slot.RestartTLI
 		}
 	}
-	s.log.Info("repository holds no WAL yet; starting at the slot's position", slog.String(keyLSN, lsn.String()), slog.Any(keyTimeline, tli))
-	return startPoint{Segment: wal.SegmentOf(tli, lsn, s.segSize)}, nil
+	s.log.Info("starting at the slot's position", slog.String(keyLSN, lsn.String()), slog.Any(keyTimeline, tli), slog.Bool("repository_empty", !s.fromSlot))
+	sp := startPoint{Segment: wal.SegmentOf(tli, lsn, s.segSize)}
+	if s.fromSlot {
+		// Record the accepted gap where the WAL resumes, so that later runs
+		// resume after it and restore and verify know the WAL before it is
+		// lost rather than missing.
+		marker := fmt.Appendf(nil, "{\"accepted\": %q, \"resumes_at\": %q, \"reason\": \"the primary removed WAL before it was archived\"}\n",
+			time.Now().UTC().Format(time.RFC3339), sp.Segment.Start(s.segSize))
+		if err := s.ship.store(ctx, &job{key: catalog.GapKey(sp.Segment, s.segSize), data: marker}); err != nil {
+			return startPoint{}, fmt.Errorf("record the accepted gap: %w", err)
+		}
+	}
+	return sp, nil
 }
 
 // stream runs START_REPLICATION from sp and follows timeline switches.

@@ -27,10 +27,11 @@ type timelineState struct {
 	maxComplete int64    // highest complete segment number, -1 if none
 	pieces      map[uint64][]catalog.WALObject
 	partial     bool
+	lastGap     int64 // newest segment with a gap marker, -1 if none
 }
 
 func scanTimeline(ctx context.Context, repo *catalog.Repo, tli wal.TimeLineID, segSize uint64) (timelineState, error) {
-	st := timelineState{maxComplete: -1, pieces: map[uint64][]catalog.WALObject{}}
+	st := timelineState{maxComplete: -1, lastGap: -1, pieces: map[uint64][]catalog.WALObject{}}
 	for oi, err := range repo.Store().List(ctx, catalog.TimelinePrefix(tli)) {
 		if err != nil {
 			return st, err
@@ -47,6 +48,8 @@ func scanTimeline(ctx context.Context, repo *catalog.Repo, tli wal.TimeLineID, s
 			st.pieces[o.Segment.No] = append(st.pieces[o.Segment.No], o)
 		case catalog.Partial:
 			st.partial = true
+		case catalog.Gap:
+			st.lastGap = max(st.lastGap, int64(o.Segment.No))
 		}
 	}
 	return st, nil
@@ -68,13 +71,22 @@ func resumePoint(ctx context.Context, repo *catalog.Repo, tli wal.TimeLineID, se
 	if err != nil {
 		return startPoint{}, false, err
 	}
-	if st.maxComplete < 0 && len(st.pieces) == 0 {
+	if st.maxComplete < 0 && len(st.pieces) == 0 && st.lastGap < 0 {
 		return startPoint{}, false, nil
 	}
+	// Holes before an accepted gap are that gap; what counts is after it.
+	complete := st.complete
+	if st.lastGap >= 0 {
+		i, _ := slices.BinarySearch(complete, uint64(st.lastGap))
+		complete = complete[i:]
+	}
 	var next uint64
-	if st.maxComplete >= 0 {
-		next = firstHole(st.complete, acked, segSize)
-	} else {
+	switch {
+	case len(complete) > 0:
+		next = firstHole(complete, acked, segSize)
+	case st.lastGap >= 0:
+		next = uint64(st.lastGap)
+	default:
 		// Only pieces: the lowest segment with pieces is the one that was
 		// filling (a later one's pieces can exist only if its upload raced).
 		next = ^uint64(0)

@@ -44,6 +44,7 @@ func (e *env) archiveCommand() *cli.Command {
 		&cli.IntFlag{Name: "uploaders", EnvVars: []string{"WALSHIP_UPLOADERS"}, Value: archiver.DefaultUploaders, Usage: "objects uploaded at once"},
 		&cli.BoolFlag{Name: "wait", EnvVars: []string{"WALSHIP_WAIT"}, Usage: "wait for another archiver's lease on the repository to end instead of failing"},
 		&cli.DurationFlag{Name: "lease-ttl", EnvVars: []string{"WALSHIP_LEASE_TTL"}, Value: archiver.DefaultLeaseTTL, Usage: "how long the repository lease outlives a killed archiver"},
+		&cli.BoolFlag{Name: "accept-gap", EnvVars: []string{"WALSHIP_ACCEPT_GAP"}, Usage: "when the primary has already removed the next WAL to archive, go on from where its WAL begins now, recording the gap (take a new base backup)"},
 		&cli.DurationFlag{Name: "stop-timeout", EnvVars: []string{"WALSHIP_STOP_TIMEOUT"}, Value: archiver.DefaultStopTimeout, Usage: "how long a stop may take to store and acknowledge what was received"},
 	}, repoFlags()...)
 	return &cli.Command{
@@ -96,6 +97,7 @@ func (e *env) archiveCommand() *cli.Command {
 				StopTimeout:    c.Duration("stop-timeout"),
 				LeaseTTL:       c.Duration("lease-ttl"),
 				WaitForLease:   c.Bool("wait"),
+				AcceptGap:      c.Bool("accept-gap"),
 				Log:            e.log,
 			})
 			e.log.Info("archive run ended",

@@ -36,6 +36,7 @@ func TestKeys(t *testing.T) {
 		{PieceKey(seg, 16*mb, 0, 0x2000), WALObject{Kind: Piece, Segment: seg, TLI: 2, Start: 0, End: 0x2000}},
 		{PieceKey(seg, 16*mb, 0x2000, 16*mb), WALObject{Kind: Piece, Segment: seg, TLI: 2, Start: 0x2000, End: 16 * mb}},
 		{HistoryKey(10), WALObject{Kind: History, TLI: 10}},
+		{GapKey(seg, 16*mb), WALObject{Kind: Gap, Segment: seg, TLI: 2}},
 	}
 	for _, c := range cases {
 		if err := storage.ValidKey(c.key); err != nil {

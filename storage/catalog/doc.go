@@ -10,6 +10,7 @@
 //	wal/TTTTTTTT/<segment>.pieces/SSSSSSSS-EEEEEEEE  bytes [S, E) of a segment still filling
 //	wal/TTTTTTTT/<segment>.partial                a segment cut short by a timeline switch
 //	wal/TTTTTTTT/<segment>.OOOOOOOO.backup        a backup history file (from wal-push)
+//	wal/TTTTTTTT/<segment>.gap                    WAL before <segment> was lost (an accepted gap), JSON
 //	locks/archiver/GGGGGGGGGGGGGGGG               generation G (16 hex digits) of the archiver lease (plain JSON)
 //
 // TTTTTTTT is the timeline in 8 upper-case hex digits and <segment> PostgreSQL's

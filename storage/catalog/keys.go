@@ -32,6 +32,11 @@ func PieceKey(seg wal.Segment, segSize uint64, start, end uint32) string {
 // PartialKey is the key of a segment cut short by a timeline switch.
 func PartialKey(seg wal.Segment, segSize uint64) string { return SegmentKey(seg, segSize) + ".partial" }
 
+// GapKey is the key of the marker an archiver writes when it accepts that the
+// WAL before seg, back to what the repository held, is lost: the primary
+// removed it before it was archived.
+func GapKey(seg wal.Segment, segSize uint64) string { return SegmentKey(seg, segSize) + ".gap" }
+
 // HistoryKey is the key of tli's history file.
 func HistoryKey(tli wal.TimeLineID) string { return "wal/" + wal.HistoryFileName(tli) }
 
@@ -52,6 +57,7 @@ const (
 	Partial
 	History
 	Backup // a backup history file, <segment>.OOOOOOOO.backup
+	Gap    // WAL before this segment was lost, <segment>.gap
 )
 
 // WALObject is a parsed WAL key.
@@ -89,6 +95,8 @@ func ParseWALKey(key string, segSize uint64) (WALObject, error) {
 	case suffix == "" && !strings.Contains(name, "."):
 	case suffix == "partial":
 		o.Kind = Partial
+	case suffix == "gap":
+		o.Kind = Gap
 	case strings.HasPrefix(suffix, "pieces/") && len(suffix) == len("pieces/")+17 && suffix[len("pieces/")+8] == '-':
 		r := suffix[len("pieces/"):]
 		s, err1 := strconv.ParseUint(r[:8], 16, 32)
