@@ -291,7 +291,7 @@ func TestPushPartialAndBackup(t *testing.T) {
 	if got := pushTestPayload(t, repo, key); !bytes.Equal(got, backup) {
 		t.Errorf("stored backup file = %q", got)
 	}
-	if o, err := catalog.ParseWALKey(key, pushTestSegSize); err != nil || o.Kind != catalog.Backup {
+	if o, err := catalog.ParseWALKey(key, pushTestSegSize); err != nil || o.Kind != catalog.BackupHistory {
 		t.Errorf("ParseWALKey(%s) = %+v, %v", key, o, err)
 	}
 }

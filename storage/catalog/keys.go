@@ -56,8 +56,8 @@ const (
 	Piece
 	Partial
 	History
-	Backup // a backup history file, <segment>.OOOOOOOO.backup
-	Gap    // WAL before this segment was lost, <segment>.gap
+	BackupHistory // a backup history file, <segment>.OOOOOOOO.backup
+	Gap           // WAL before this segment was lost, <segment>.gap
 )
 
 // WALObject is a parsed WAL key.
@@ -66,7 +66,7 @@ type WALObject struct {
 	Segment    wal.Segment // all but History
 	TLI        wal.TimeLineID
 	Start, End uint32 // Piece: the byte range within the segment
-	Offset     uint32 // Backup: the backup's start offset within the segment
+	Offset     uint32 // BackupHistory: the backup's start offset within the segment
 	Key        string
 	Size       int64 // stored size, from the listing
 }
@@ -110,7 +110,7 @@ func ParseWALKey(key string, segSize uint64) (WALObject, error) {
 		if err != nil || off >= segSize || strings.ToUpper(suffix[:8]) != suffix[:8] {
 			return bad()
 		}
-		o.Kind, o.Offset = Backup, uint32(off)
+		o.Kind, o.Offset = BackupHistory, uint32(off)
 	default:
 		return bad()
 	}

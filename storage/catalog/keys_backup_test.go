@@ -17,7 +17,7 @@ func TestBackupKey(t *testing.T) {
 		t.Error(err)
 	}
 	got, err := ParseWALKey(key, 16*mb)
-	want := WALObject{Kind: Backup, Segment: seg, TLI: 2, Offset: 0x28, Key: key}
+	want := WALObject{Kind: BackupHistory, Segment: seg, TLI: 2, Offset: 0x28, Key: key}
 	if err != nil || got != want {
 		t.Errorf("ParseWALKey(%s) = %+v, %v; want %+v", key, got, err, want)
 	}

@@ -1,0 +1,110 @@
+package catalog
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walship/walship/storage"
+)
+
+func sampleBackup(id string) Backup {
+	return Backup{
+		ID: id, Label: "walship " + id, SystemID: "7441337033001234567", PGVersion: 170010, SegmentSize: 16 * mb,
+		StartLSN: 0x3000028, EndLSN: 0x3000138, StartTLI: 1, EndTLI: 1,
+		StartTime: time.Date(2026, 11, 28, 10, 15, 0, 0, time.UTC), StopTime: time.Date(2026, 11, 28, 10, 16, 0, 0, time.UTC),
+		RawSize: 100, StoredSize: 40, Compression: "zstd",
+		Objects: []BackupObject{{Name: "base.tar", Size: 90, StoredSize: 35, SHA256: strings.Repeat("ab", 32)}, {Name: "backup_manifest", Size: 10, StoredSize: 5}},
+	}
+}
+
+func TestBackupIDs(t *testing.T) {
+	a := NewBackupID(time.Date(2026, 11, 28, 9, 59, 59, 999e6, time.UTC))
+	b := NewBackupID(time.Date(2026, 11, 28, 10, 0, 0, 0, time.FixedZone("x", 3600))) // 09:00 UTC
+	c := NewBackupID(time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC))
+	if a != "20261128T095959.999Z" || !(b < a && a < c) {
+		t.Errorf("ids %s %s %s do not sort by time", a, b, c)
+	}
+	for _, bad := range []string{"", "latest", "20261128T095959Z", "../x", "20261128T095959.999Z/"} {
+		if ValidBackupID(bad) == nil {
+			t.Errorf("ValidBackupID(%q) accepted", bad)
+		}
+	}
+}
+
+func TestBackupJSON(t *testing.T) {
+	r := newRepo(t)
+	ctx := context.Background()
+	want := sampleBackup("20261128T101500.000Z")
+	if err := r.WriteBackup(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.ReadBackup(ctx, want.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.StartLSN != want.StartLSN || got.EndLSN != want.EndLSN || got.Label != want.Label || len(got.Objects) != 2 || !got.StartTime.Equal(want.StartTime) {
+		t.Errorf("round trip: got %+v", got)
+	}
+	if err := r.WriteBackup(ctx, want); !errors.Is(err, storage.ErrExist) {
+		t.Errorf("second WriteBackup = %v, want ErrExist", err)
+	}
+	raw, _ := r.ReadAll(ctx, BackupMetaKey(want.ID), 1<<20)
+	if !bytes.Contains(raw, []byte(`"start_lsn": "0/3000028"`)) {
+		t.Errorf("backup.json does not spell LSNs as PostgreSQL does:\n%s", raw)
+	}
+	bad := want
+	bad.ID, bad.EndLSN = "20261128T101600.000Z", 1
+	if err := r.WriteBackup(ctx, bad); err == nil {
+		t.Error("a backup ending before it starts was written")
+	}
+	for name, body := range map[string]string{
+		"not json":  "{",
+		"newer":     `{"format": 9, "id": "20261128T101500.000Z", "start_lsn": "0/1", "end_lsn": "0/2", "start_timeline": 1, "end_timeline": 1, "wal_segment_size": 16777216}`,
+		"bad lsn":   `{"format": 1, "id": "20261128T101500.000Z", "start_lsn": "x", "end_lsn": "0/2", "start_timeline": 1, "end_timeline": 1, "wal_segment_size": 16777216}`,
+		"bad name":  `{"format": 1, "id": "20261128T101500.000Z", "start_lsn": "0/1", "end_lsn": "0/2", "start_timeline": 1, "end_timeline": 1, "wal_segment_size": 16777216, "objects": [{"name": "../x"}]}`,
+		"bad id":    `{"format": 1, "id": "yesterday", "start_lsn": "0/1", "end_lsn": "0/2", "start_timeline": 1, "end_timeline": 1, "wal_segment_size": 16777216}`,
+		"no format": `{"id": "20261128T101500.000Z", "start_lsn": "0/1", "end_lsn": "0/2", "start_timeline": 1, "end_timeline": 1, "wal_segment_size": 16777216}`,
+	} {
+		if _, err := ParseBackup([]byte(body)); err == nil {
+			t.Errorf("%s: parsed", name)
+		}
+	}
+}
+
+func TestListBackups(t *testing.T) {
+	r := newRepo(t)
+	ctx := context.Background()
+	for _, id := range []string{"20261128T111500.000Z", "20261128T101500.000Z"} {
+		if _, err := r.Put(ctx, BackupObjectKey(id, "base.tar"), strings.NewReader("tar")); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.WriteBackup(ctx, sampleBackup(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An interrupted backup: objects but no backup.json.
+	if _, err := r.Put(ctx, BackupObjectKey("20261128T121500.000Z", "base.tar"), strings.NewReader("half")); err != nil {
+		t.Fatal(err)
+	}
+	// A damaged backup.json.
+	if err := r.Store().Put(ctx, BackupMetaKey("20261128T131500.000Z"), strings.NewReader("garbage")); err != nil {
+		t.Fatal(err)
+	}
+	l, err := r.ListBackups(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Backups) != 2 || l.Backups[0].ID != "20261128T101500.000Z" || l.Backups[1].ID != "20261128T111500.000Z" {
+		t.Errorf("backups %+v, want the two complete ones oldest first", l.Backups)
+	}
+	if len(l.Orphans["20261128T121500.000Z"]) != 1 || len(l.Orphans) != 1 {
+		t.Errorf("orphans %v", l.Orphans)
+	}
+	if l.Invalid["20261128T131500.000Z"] == nil || len(l.Invalid) != 1 {
+		t.Errorf("invalid %v", l.Invalid)
+	}
+}
