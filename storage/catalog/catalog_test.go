@@ -157,3 +157,43 @@ func TestMeta(t *testing.T) {
 		}
 	}
 }
+
+func TestWALExtents(t *testing.T) {
+	r := newRepo(t)
+	ctx := context.Background()
+	put := func(key string) {
+		if err := r.Store().Put(ctx, key, strings.NewReader("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, no := range []uint64{3, 4, 5, 8, 9, 12} {
+		put(SegmentKey(wal.Segment{TLI: 1, No: no}, mb))
+	}
+	put(GapKey(wal.Segment{TLI: 1, No: 12}, mb))
+	put(PieceKey(wal.Segment{TLI: 1, No: 13}, mb, 0, 0x100))
+	put(PieceKey(wal.Segment{TLI: 1, No: 13}, mb, 0x100, 0x300))
+	put(PieceKey(wal.Segment{TLI: 1, No: 13}, mb, 0x400, 0x500)) // after a hole: not counted
+	put(HistoryKey(2))
+	put(PieceKey(wal.Segment{TLI: 2, No: 20}, mb, 0, 0x10))
+	put("wal/junk")
+	ext, err := r.WALExtents(ctx, mb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ext) != 3 || ext[0].TLI != 0 || ext[1].TLI != 1 || ext[2].TLI != 2 {
+		t.Fatalf("extents %+v", ext)
+	}
+	if len(ext[0].Stray) != 1 {
+		t.Errorf("stray %v", ext[0].Stray)
+	}
+	e := ext[1]
+	if e.First != 3 || e.Last != 12 || e.Segments != 6 || len(e.Missing) != 1 || e.Missing[0] != (SegmentRange{6, 7}) {
+		t.Errorf("timeline 1: %+v (the hole before 12 was accepted)", e)
+	}
+	if e.TipEnd != (wal.Segment{TLI: 1, No: 13}).Start(mb)+0x300 || e.End(mb) != e.TipEnd {
+		t.Errorf("tip end %s", e.TipEnd)
+	}
+	if !ext[2].History || ext[2].Segments != 0 || ext[2].TipEnd != (wal.Segment{TLI: 2, No: 20}).Start(mb)+0x10 {
+		t.Errorf("timeline 2: %+v", ext[2])
+	}
+}

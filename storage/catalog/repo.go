@@ -27,6 +27,17 @@ type Options struct {
 // New returns the repository in s.
 func New(s storage.Store, opts Options) *Repo { return &Repo{store: s, opts: opts} }
 
+// WithConcurrency returns the repository writing objects with n zstd
+// goroutines each, for large objects such as base backup archives.
+func (r *Repo) WithConcurrency(n int) *Repo {
+	c := *r
+	c.opts.Codec.Concurrency = n
+	return &c
+}
+
+// Codec is how objects are written.
+func (r *Repo) Codec() codec.Options { return r.opts.Codec }
+
 // Store is the store underneath.
 func (r *Repo) Store() storage.Store { return r.store }
 
