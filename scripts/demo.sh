@@ -58,6 +58,10 @@ echo "$(find "$work/repo/wal" -type f -not -path '*.pieces/*' | wc -l) complete 
 (cd "$work/repo" && find wal -type f | sort) | tail -n 4
 
 echo
+echo "== walship list --pg ..."
+"$bin" --repo "$repo" list --pg "$pg"
+
+echo
 seg=$(ls "$work/repo/wal/00000001" | grep -v pieces | sort | tail -n 1)
 echo "== walship wal-fetch $seg, read by pg_waldump"
 mkdir "$work/fetched"
