@@ -118,6 +118,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			e.checkCommand(),
 			e.archiveCommand(),
+			e.backupCommand(),
 			e.listCommand(),
 			e.walPushCommand(), e.walFetchCommand(),
 		},

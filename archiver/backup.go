@@ -1,0 +1,212 @@
+package archiver
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/walship/walship/internal/wal"
+	"github.com/walship/walship/storage"
+	"github.com/walship/walship/storage/catalog"
+)
+
+// BackupConfig configures a base backup.
+type BackupConfig struct {
+	// ConnString reaches the primary, as for Run.
+	ConnString string
+	// Label names the backup on the server; default "walship <id>".
+	Label string
+	// Fast asks for an immediate checkpoint instead of a spread one.
+	Fast bool
+	// Slot is the archiver's slot, used to ship the backup's last WAL when
+	// no archiver is running.
+	Slot string
+	// Concurrency is the zstd goroutines per archive; default 2.
+	Concurrency int
+	// WALTimeout bounds the wait for a running archiver to store the
+	// segment holding the backup's end; default 5 minutes.
+	WALTimeout time.Duration
+	// Log receives progress; nil discards.
+	Log *slog.Logger
+}
+
+// Backup takes a base backup through BASE_BACKUP and streams it into repo:
+// every archive and the server's backup_manifest through the codec, then,
+// once the WAL up to the backup's end is in the repository, backup.json. A
+// backup that fails at any point leaves no backup.json, so it does not exist.
+func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (catalog.Backup, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 2
+	}
+	if cfg.WALTimeout <= 0 {
+		cfg.WALTimeout = 5 * time.Minute
+	}
+	if cfg.Slot == "" {
+		cfg.Slot = DefaultSlot
+	}
+	conn, err := connect(ctx, cfg.ConnString, "walship_backup")
+	if err != nil {
+		return catalog.Backup{}, err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = conn.Close(cctx)
+	}()
+	srv, err := identify(ctx, conn)
+	if err != nil {
+		return catalog.Backup{}, err
+	}
+	if _, err := repo.Init(ctx, catalog.Meta{SystemID: srv.SystemID, SegmentSize: srv.SegmentSize}); err != nil {
+		return catalog.Backup{}, err
+	}
+	start := time.Now()
+	b := catalog.Backup{
+		ID:          catalog.NewBackupID(start),
+		SystemID:    srv.SystemID,
+		PGVersion:   srv.VersionNum,
+		SegmentSize: srv.SegmentSize,
+		StartTime:   start.UTC(),
+		Compression: repo.Codec().Compression.String(),
+		Encrypted:   len(repo.Codec().Recipients) > 0,
+	}
+	b.Label = cfg.Label
+	if b.Label == "" {
+		b.Label = "walship " + b.ID
+	}
+	log := cfg.Log.With(slog.String("backup", b.ID))
+	log.Info("base backup starting", slog.Bool("fast_checkpoint", cfg.Fast))
+
+	sink := &repoSink{repo: repo.WithConcurrency(cfg.Concurrency), id: b.ID}
+	res, err := StreamBaseBackup(ctx, conn, srv.VersionNum, BaseBackupOptions{Label: b.Label, Fast: cfg.Fast, Log: log}, sink)
+	if err != nil {
+		return catalog.Backup{}, fmt.Errorf("base backup %s: %w", b.ID, err)
+	}
+	b.StopTime = time.Now().UTC()
+	b.StartLSN, b.EndLSN = res.StartLSN, res.EndLSN
+	b.StartTLI, b.EndTLI = uint32(res.StartTLI), uint32(res.EndTLI)
+	b.Objects = sink.objects()
+	for _, o := range b.Objects {
+		b.RawSize += o.Size
+		b.StoredSize += o.StoredSize
+	}
+	log.Info("base backup streamed; waiting for its WAL", slog.String("start_lsn", b.StartLSN.String()), slog.String("end_lsn", b.EndLSN.String()),
+		slog.Int64("raw_bytes", b.RawSize), slog.Int64("stored_bytes", b.StoredSize))
+
+	if err := waitForWAL(ctx, repo, b, cfg, log); err != nil {
+		return catalog.Backup{}, fmt.Errorf("base backup %s: %w", b.ID, err)
+	}
+	if err := repo.WriteBackup(ctx, b); err != nil {
+		return catalog.Backup{}, fmt.Errorf("base backup %s: write backup.json: %w", b.ID, err)
+	}
+	log.Info("base backup done", slog.Duration("took", time.Since(start)))
+	return b, nil
+}
+
+// waitForWAL returns once the segment holding the backup's end is stored in
+// full. With no archiver running it ships the WAL itself (a bounded archiver
+// run on the slot); with one running, it waits for it.
+func waitForWAL(ctx context.Context, repo *catalog.Repo, b catalog.Backup, cfg BackupConfig, log *slog.Logger) error {
+	seg := wal.SegmentOf(wal.TimeLineID(b.EndTLI), b.EndLSN-1, b.SegmentSize)
+	key := catalog.SegmentKey(seg, b.SegmentSize)
+	stored := func() (bool, error) {
+		_, err := repo.Store().Stat(ctx, key)
+		if errors.Is(err, storage.ErrNotExist) {
+			return false, nil
+		}
+		return err == nil, err
+	}
+	_, err := Run(ctx, repo, Config{ConnString: cfg.ConnString, Slot: cfg.Slot, UntilCaughtUp: true, Log: log})
+	var held *LeaseHeldError
+	switch {
+	case errors.As(err, &held):
+		log.Info("an archiver is running; waiting for it to store the backup's last segment", slog.String(keySegment, seg.Name(b.SegmentSize)), slog.String("holder", held.Holder))
+	case err != nil:
+		return fmt.Errorf("ship the WAL the backup needs: %w", err)
+	}
+	deadline := time.Now().Add(cfg.WALTimeout)
+	for {
+		ok, err := stored()
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("segment %s, which holds the backup's end at %s, is not in the repository after %s: is the archiver running and keeping up? The backup is not usable without it", seg.Name(b.SegmentSize), b.EndLSN, cfg.WALTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// repoSink stores each stream of a base backup as an object of the backup.
+type repoSink struct {
+	repo *catalog.Repo
+	id   string
+	mu   sync.Mutex
+	objs []catalog.BackupObject
+}
+
+func (s *repoSink) Archive(ctx context.Context, a BackupArchive) (BackupWriter, error) {
+	return s.open(ctx, catalog.BackupObject{Name: a.Name, OID: a.OID, Location: a.Location}), nil
+}
+
+func (s *repoSink) Manifest(ctx context.Context) (BackupWriter, error) {
+	return s.open(ctx, catalog.BackupObject{Name: "backup_manifest"}), nil
+}
+
+func (s *repoSink) objects() []catalog.BackupObject {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]catalog.BackupObject(nil), s.objs...)
+}
+
+// open starts storing one object; its writer's CloseWithError waits for the
+// store and reports its error.
+func (s *repoSink) open(ctx context.Context, o catalog.BackupObject) BackupWriter {
+	pr, pw := io.Pipe()
+	w := &objectWriter{pw: pw, done: make(chan error, 1)}
+	go func() {
+		obj, err := s.repo.Create(ctx, catalog.BackupObjectKey(s.id, o.Name), pr)
+		_ = pr.CloseWithError(err)
+		if err == nil {
+			o.Size, o.StoredSize, o.SHA256 = obj.Size, obj.StoredSize, hex.EncodeToString(obj.Sum[:])
+			s.mu.Lock()
+			s.objs = append(s.objs, o)
+			s.mu.Unlock()
+		}
+		w.done <- err
+	}()
+	return w
+}
+
+// objectWriter feeds a pipe to a store; Write returns once the bytes are
+// consumed, so callers may reuse them.
+type objectWriter struct {
+	pw   *io.PipeWriter
+	done chan error
+}
+
+func (w *objectWriter) Write(p []byte) (int, error) { return w.pw.Write(p) }
+
+func (w *objectWriter) CloseWithError(err error) error {
+	_ = w.pw.CloseWithError(err)
+	serr := <-w.done
+	if err != nil {
+		return err
+	}
+	return serr
+}

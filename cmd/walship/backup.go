@@ -1,0 +1,56 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/walship/walship/archiver"
+)
+
+func (e *env) backupCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "backup",
+		Usage: "take a base backup now through BASE_BACKUP and stream it into the repository; prints its id",
+		Description: "The backup's archives and the server's backup_manifest go straight into the repository, compressed\n" +
+			"(and encrypted when configured), with no local disk. backup.json is written last, once the WAL up to the\n" +
+			"backup's end is in the repository: shipped by a running archiver, or by this command itself when none runs.",
+		Flags: append([]cli.Flag{
+			pgFlag(),
+			&cli.StringFlag{Name: "label", EnvVars: []string{"WALSHIP_BACKUP_LABEL"}, Usage: "backup label on the server (default: walship <id>)"},
+			&cli.BoolFlag{Name: "fast", EnvVars: []string{"WALSHIP_BACKUP_FAST"}, Usage: "start with an immediate checkpoint instead of a spread one"},
+			&cli.StringFlag{Name: "slot", EnvVars: []string{"WALSHIP_SLOT"}, Value: archiver.DefaultSlot, Usage: "the archiver's `SLOT`, used to ship the backup's WAL when no archiver runs"},
+			&cli.IntFlag{Name: "concurrency", EnvVars: []string{"WALSHIP_BACKUP_CONCURRENCY"}, Value: 2, Usage: "zstd goroutines per archive"},
+			&cli.DurationFlag{Name: "wal-timeout", EnvVars: []string{"WALSHIP_WAL_TIMEOUT"}, Value: 5 * time.Minute, Usage: "how long to wait for a running archiver to store the backup's last WAL segment"},
+		}, repoFlags()...),
+		Action: func(c *cli.Context) error {
+			if err := archiver.ValidSlotName(c.String("slot")); err != nil {
+				return usageError{err}
+			}
+			if n := c.Int("concurrency"); n < 1 || n > 64 {
+				return usagef("--concurrency %d: want 1 to 64", n)
+			}
+			repo, err := openCatalog(c)
+			if err != nil {
+				return err
+			}
+			b, err := archiver.Backup(c.Context, repo, archiver.BackupConfig{
+				ConnString:  pgConnString(c),
+				Label:       c.String("label"),
+				Fast:        c.Bool("fast"),
+				Slot:        c.String("slot"),
+				Concurrency: c.Int("concurrency"),
+				WALTimeout:  c.Duration("wal-timeout"),
+				Log:         e.log,
+			})
+			if err != nil {
+				return err
+			}
+			e.log.Info("backup stored", slog.String("id", b.ID), slog.Int64("raw_bytes", b.RawSize), slog.Int64("stored_bytes", b.StoredSize))
+			fmt.Fprintln(e.stdout, b.ID)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,150 @@
+package restore
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/walship/walship/storage/catalog"
+)
+
+// ExtractBackup writes base backup b from repo into dir, which must exist and
+// be empty: base.tar into dir, each tablespace archive into tablespaces[oid]
+// (which must exist and be empty; a tablespace missing from the map goes
+// back to its original location), and the server's backup_manifest into
+// dir, so that pg_verifybackup can check the result. The tablespace_map is
+// rewritten to the tablespaces' new locations; backup_label is kept byte
+// for byte. Every object's checksum is verified to its last byte. On error,
+// what was written stays: the caller removes it.
+func ExtractBackup(ctx context.Context, repo *catalog.Repo, b catalog.Backup, dir string, tablespaces map[uint32]string) error {
+	locations := map[uint32]string{}
+	for _, o := range b.Objects {
+		target := dir
+		switch {
+		case o.Name == "backup_manifest":
+			if err := copyObject(ctx, repo, catalog.BackupObjectKey(b.ID, o.Name), filepath.Join(dir, "backup_manifest")); err != nil {
+				return err
+			}
+			continue
+		case o.OID != 0:
+			target = o.Location
+			if t, ok := tablespaces[o.OID]; ok {
+				target = t
+			}
+			if !filepath.IsAbs(target) {
+				return fmt.Errorf("backup %s: tablespace %d: location %q is not absolute; map it with OLD=NEW", b.ID, o.OID, target)
+			}
+			locations[o.OID] = target
+		}
+		if err := extractObject(ctx, repo, catalog.BackupObjectKey(b.ID, o.Name), target); err != nil {
+			return err
+		}
+	}
+	if len(locations) > 0 {
+		if err := rewriteTablespaceMap(filepath.Join(dir, "tablespace_map"), locations); err != nil {
+			return fmt.Errorf("backup %s: %w", b.ID, err)
+		}
+		// The links PostgreSQL makes from tablespace_map at startup, made
+		// now so that pg_verifybackup finds the tablespaces too.
+		for oid, loc := range locations {
+			link := filepath.Join(dir, "pg_tblspc", strconv.FormatUint(uint64(oid), 10))
+			if err := os.Symlink(loc, link); err != nil {
+				return fmt.Errorf("backup %s: link tablespace %d: %w", b.ID, oid, err)
+			}
+		}
+	}
+	return nil
+}
+
+// extractObject streams one archive object into dir and reads the object to
+// its end, so that its checksum is verified.
+func extractObject(ctx context.Context, repo *catalog.Repo, key, dir string) error {
+	rc, err := repo.Open(ctx, key)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", key, err)
+	}
+	defer rc.Close()
+	if _, err := Extract(ctx, rc, dir, ExtractOptions{}); err != nil {
+		return fmt.Errorf("extract %s into %s: %w", key, dir, err)
+	}
+	// The tar reader stops at the end-of-archive marker; the codec verifies
+	// the object only once its last byte is read.
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		return fmt.Errorf("extract %s: %w", key, err)
+	}
+	return nil
+}
+
+func copyObject(ctx context.Context, repo *catalog.Repo, key, dest string) error {
+	rc, err := repo.Open(ctx, key)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", key, err)
+	}
+	defer rc.Close()
+	return writeAtomic(dest, func(f *os.File) error {
+		_, err := io.Copy(f, rc)
+		return err
+	})
+}
+
+// rewriteTablespaceMap points tablespace_map's entries at new locations. The
+// file has one "oid path" entry per line; a backslash, carriage return or
+// newline in a path is preceded by a backslash (PostgreSQL's xlog.c).
+func rewriteTablespaceMap(path string, locations map[uint32]string) error {
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("tablespace_map: %w (a backup with tablespaces has one)", err)
+	}
+	var out bytes.Buffer
+	seen := map[uint32]bool{}
+	for _, entry := range splitMap(old) {
+		oidText, _, ok := strings.Cut(entry, " ")
+		oid, err := strconv.ParseUint(oidText, 10, 32)
+		if !ok || err != nil {
+			return fmt.Errorf("tablespace_map: entry %q: want \"oid path\"", entry)
+		}
+		if loc, ok := locations[uint32(oid)]; ok {
+			entry = oidText + " " + escapeMapPath(loc)
+			seen[uint32(oid)] = true
+		}
+		out.WriteString(entry + "\n")
+	}
+	for oid := range locations {
+		if !seen[oid] {
+			return fmt.Errorf("tablespace_map has no entry for tablespace %d", oid)
+		}
+	}
+	return writeAtomic(path, func(f *os.File) error {
+		_, err := f.Write(out.Bytes())
+		return err
+	})
+}
+
+// splitMap splits tablespace_map into its entries, raw (escapes kept), at
+// the newlines that are not escaped.
+func splitMap(b []byte) []string {
+	var entries []string
+	start := 0
+	for i := 0; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++ // the next byte is escaped
+		case '\n':
+			entries = append(entries, string(b[start:i]))
+			start = i + 1
+		}
+	}
+	if start < len(b) {
+		entries = append(entries, string(b[start:]))
+	}
+	return entries
+}
+
+func escapeMapPath(p string) string {
+	return strings.NewReplacer(`\`, `\\`, "\n", "\\\n", "\r", "\\\r").Replace(p)
+}
