@@ -133,7 +133,7 @@ func Run(ctx context.Context, repo *catalog.Repo, cfg Config) (Result, error) {
 		return Result{}, err
 	}
 	// At most one archiver writes a repository.
-	lease, err := AcquireLease(ctx, repo.Store(), LeaseOptions{
+	lease, release, err := holdLease(ctx, repo, LeaseOptions{
 		TTL:       cfg.LeaseTTL,
 		ClockSkew: min(DefaultLeaseClockSkew, cfg.LeaseTTL/3),
 		Wait:      cfg.WaitForLease,
@@ -142,18 +142,7 @@ func Run(ctx context.Context, repo *catalog.Repo, cfg Config) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	keepCtx, stopKeeping := context.WithCancel(context.WithoutCancel(ctx))
-	kept := make(chan error, 1)
-	go func() { kept <- lease.Keep(keepCtx) }()
-	defer func() {
-		stopKeeping()
-		<-kept
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		if err := lease.Release(rctx); err != nil {
-			cfg.Log.Warn("release the lease (the next run waits for it to expire)", slog.Any(keyError, err))
-		}
-	}()
+	defer release()
 
 	var total Result
 	backoff := time.Second
@@ -211,3 +200,25 @@ const boundedRetries = 2
 
 // errFatal marks session errors that reconnecting cannot fix.
 var errFatal = errors.New("fatal")
+
+// holdLease acquires a lease and keeps renewing it until release is called,
+// which also gives it up.
+func holdLease(ctx context.Context, repo *catalog.Repo, opts LeaseOptions) (*Lease, func(), error) {
+	lease, err := AcquireLease(ctx, repo.Store(), opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	keepCtx, stopKeeping := context.WithCancel(context.WithoutCancel(ctx))
+	kept := make(chan error, 1)
+	go func() { kept <- lease.Keep(keepCtx) }()
+	release := func() {
+		stopKeeping()
+		<-kept
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := lease.Release(rctx); err != nil && opts.Log != nil {
+			opts.Log.Warn("release the lease (the next run waits for it to expire)", slog.Any(keyError, err))
+		}
+	}
+	return lease, release, nil
+}

@@ -15,6 +15,9 @@ import (
 	"github.com/walship/walship/storage/catalog"
 )
 
+// BackupLease names the lease held by a base backup or a prune.
+const BackupLease = "backup"
+
 // BackupConfig configures a base backup.
 type BackupConfig struct {
 	// ConnString reaches the primary, as for Run.
@@ -68,6 +71,13 @@ func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (catalog.
 	if _, err := repo.Init(ctx, catalog.Meta{SystemID: srv.SystemID, SegmentSize: srv.SegmentSize}); err != nil {
 		return catalog.Backup{}, err
 	}
+	// One backup (or prune) at a time; the lease also tells prune that
+	// the objects of this unfinished backup are in use.
+	lease, release, err := holdLease(ctx, repo, LeaseOptions{Name: BackupLease, Log: cfg.Log})
+	if err != nil {
+		return catalog.Backup{}, err
+	}
+	defer release()
 	start := time.Now()
 	b := catalog.Backup{
 		ID:          catalog.NewBackupID(start),
@@ -103,6 +113,11 @@ func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (catalog.
 
 	if err := waitForWAL(ctx, repo, b, cfg, log); err != nil {
 		return catalog.Backup{}, fmt.Errorf("base backup %s: %w", b.ID, err)
+	}
+	select {
+	case <-lease.Lost():
+		return catalog.Backup{}, fmt.Errorf("base backup %s: %w: a prune or another backup may have started", b.ID, ErrLeaseLost)
+	default:
 	}
 	if err := repo.WriteBackup(ctx, b); err != nil {
 		return catalog.Backup{}, fmt.Errorf("base backup %s: write backup.json: %w", b.ID, err)

@@ -96,6 +96,10 @@ func (e *LeaseHeldError) Error() string {
 
 // LeaseOptions configure AcquireLease.
 type LeaseOptions struct {
+	// Name is what the lease guards: "archiver" (the default: one WAL
+	// archiver per repository) or "backup" (one base backup or prune at a
+	// time). Its generations live under locks/<Name>/.
+	Name string
 	// TTL is how long the lease lasts without renewal; Keep renews it every
 	// third of it. Zero means DefaultLeaseTTL; at least MinLeaseTTL.
 	TTL time.Duration
@@ -116,7 +120,17 @@ type LeaseOptions struct {
 	Log *slog.Logger
 }
 
+func (o LeaseOptions) prefix() string {
+	if o.Name == "" {
+		return LeasePrefix
+	}
+	return "locks/" + o.Name + "/"
+}
+
 func (o *LeaseOptions) setDefaults() error {
+	if o.Name != "" && !slotName.MatchString(o.Name) {
+		return fmt.Errorf("lease name %q: use lower-case letters, digits and underscores", o.Name)
+	}
 	if o.TTL == 0 {
 		o.TTL = DefaultLeaseTTL
 	}
@@ -163,17 +177,20 @@ type leaseRecord struct {
 	Released bool      `json:"released,omitempty"` // free at once
 }
 
-// LeaseKey is the key of the lease's generation gen.
-func LeaseKey(gen uint64) string { return fmt.Sprintf("%s%016X", LeasePrefix, gen) }
+// LeaseKey is the key of the archiver lease's generation gen.
+func LeaseKey(gen uint64) string { return leaseKeyIn(LeasePrefix, gen) }
 
-// parseLeaseKey returns the generation that key names, if it is one.
-func parseLeaseKey(key string) (uint64, bool) {
-	name, ok := strings.CutPrefix(key, LeasePrefix)
+func leaseKeyIn(prefix string, gen uint64) string { return fmt.Sprintf("%s%016X", prefix, gen) }
+
+// parseLeaseKey returns the generation that key names under prefix, if it
+// is one.
+func parseLeaseKey(prefix, key string) (uint64, bool) {
+	name, ok := strings.CutPrefix(key, prefix)
 	if !ok || len(name) != 16 {
 		return 0, false
 	}
 	gen, err := strconv.ParseUint(name, 16, 64)
-	if err != nil || gen == 0 || LeaseKey(gen) != key {
+	if err != nil || gen == 0 || leaseKeyIn(prefix, gen) != key {
 		return 0, false
 	}
 	return gen, true
@@ -186,13 +203,13 @@ type leaseTop struct {
 	all  []uint64 // every generation listed
 }
 
-func listLease(ctx context.Context, s storage.Store, log *slog.Logger) (leaseTop, error) {
+func listLease(ctx context.Context, s storage.Store, prefix string, log *slog.Logger) (leaseTop, error) {
 	var top leaseTop
-	for info, err := range s.List(ctx, LeasePrefix) {
+	for info, err := range s.List(ctx, prefix) {
 		if err != nil {
-			return leaseTop{}, fmt.Errorf("list %s: %w", LeasePrefix, err)
+			return leaseTop{}, fmt.Errorf("list %s: %w", prefix, err)
 		}
-		gen, ok := parseLeaseKey(info.Key)
+		gen, ok := parseLeaseKey(prefix, info.Key)
 		if !ok {
 			log.Warn("ignoring an object that is not a lease generation", slog.String(leaseAttrKey, info.Key))
 			continue
@@ -297,7 +314,7 @@ func AcquireLease(ctx context.Context, s storage.Store, opts LeaseOptions) (*Lea
 
 func tryAcquire(ctx context.Context, s storage.Store, c storage.Creator, opts LeaseOptions) (*Lease, error) {
 	for range leaseMaxAttempts {
-		top, err := listLease(ctx, s, opts.Log)
+		top, err := listLease(ctx, s, opts.prefix(), opts.Log)
 		if err != nil {
 			return nil, fmt.Errorf("acquire lease: %w", err)
 		}
@@ -329,7 +346,7 @@ func tryAcquire(ctx context.Context, s storage.Store, c storage.Creator, opts Le
 			gen = top.gen + 1
 		}
 
-		key := LeaseKey(gen)
+		key := leaseKeyIn(opts.prefix(), gen)
 		start := time.Now()
 		wall := opts.Now().UTC()
 		rec := leaseRecord{Holder: opts.Holder, Acquired: wall, Renewed: wall, Expires: wall.Add(opts.TTL)}
@@ -369,8 +386,8 @@ func tryAcquire(ctx context.Context, s storage.Store, c storage.Creator, opts Le
 			slog.Uint64(leaseAttrGeneration, gen), slog.String(leaseAttrHolder, opts.Holder))
 		for _, g := range top.all {
 			if g < gen {
-				if err := s.Delete(ctx, LeaseKey(g)); err != nil {
-					opts.Log.Warn("delete an old lease generation", slog.String(leaseAttrKey, LeaseKey(g)), slog.Any(leaseAttrError, err))
+				if err := s.Delete(ctx, leaseKeyIn(opts.prefix(), g)); err != nil {
+					opts.Log.Warn("delete an old lease generation", slog.String(leaseAttrKey, leaseKeyIn(opts.prefix(), g)), slog.Any(leaseAttrError, err))
 				}
 			}
 		}
@@ -440,7 +457,7 @@ func (l *Lease) Renew(ctx context.Context) error {
 	if err := l.usable(start); err != nil {
 		return err
 	}
-	top, err := listLease(ctx, l.store, l.opts.Log)
+	top, err := listLease(ctx, l.store, l.opts.prefix(), l.opts.Log)
 	if err != nil {
 		return fmt.Errorf("renew lease: %w", err)
 	}
@@ -487,7 +504,7 @@ func (l *Lease) Release(ctx context.Context) error {
 	}
 	l.mu.Unlock()
 
-	top, err := listLease(ctx, l.store, l.opts.Log)
+	top, err := listLease(ctx, l.store, l.opts.prefix(), l.opts.Log)
 	if err != nil {
 		return fmt.Errorf("release lease: %w", err)
 	}

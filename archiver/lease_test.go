@@ -156,7 +156,7 @@ func TestLeaseKey(t *testing.T) {
 		{"locks/archiver/README", 0, false},
 		{"locks/other/0000000000000001", 0, false},
 	} {
-		gen, ok := parseLeaseKey(tc.key)
+		gen, ok := parseLeaseKey(LeasePrefix, tc.key)
 		if gen != tc.gen || ok != tc.ok {
 			t.Errorf("parseLeaseKey(%q) = %d, %v; want %d, %v", tc.key, gen, ok, tc.gen, tc.ok)
 		}
