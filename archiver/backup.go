@@ -34,6 +34,9 @@ type BackupConfig struct {
 	// WALTimeout bounds the wait for a running archiver to store the
 	// segment holding the backup's end; default 5 minutes.
 	WALTimeout time.Duration
+	// LeaseTTL is how long the backup lease outlives a killed backup;
+	// default DefaultLeaseTTL.
+	LeaseTTL time.Duration
 	// Log receives progress; nil discards.
 	Log *slog.Logger
 }
@@ -73,7 +76,10 @@ func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (catalog.
 	}
 	// One backup (or prune) at a time; the lease also tells prune that
 	// the objects of this unfinished backup are in use.
-	lease, release, err := holdLease(ctx, repo, LeaseOptions{Name: BackupLease, Log: cfg.Log})
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	lease, release, err := holdLease(ctx, repo, LeaseOptions{Name: BackupLease, TTL: cfg.LeaseTTL, ClockSkew: min(DefaultLeaseClockSkew, cfg.LeaseTTL/3), Log: cfg.Log})
 	if err != nil {
 		return catalog.Backup{}, err
 	}

@@ -64,7 +64,7 @@ func backupRestore(t *testing.T, bin string, version int, repoURL string) {
 		}
 	})
 	time.Sleep(300 * time.Millisecond)
-	cmd := exec.Command(bin, "--repo", repoURL, "backup", "--pg", c.ConnString())
+	cmd := exec.Command(bin, "--repo", repoURL, "backup", "--fast", "--pg", c.ConnString())
 	cmd.Dir = "/"
 	pgtest.RunAs(t, cmd)
 	var stderr strings.Builder

@@ -23,6 +23,7 @@ func (e *env) backupCommand() *cli.Command {
 			&cli.BoolFlag{Name: "fast", EnvVars: []string{"WALSHIP_BACKUP_FAST"}, Usage: "start with an immediate checkpoint instead of a spread one"},
 			&cli.StringFlag{Name: "slot", EnvVars: []string{"WALSHIP_SLOT"}, Value: archiver.DefaultSlot, Usage: "the archiver's `SLOT`, used to ship the backup's WAL when no archiver runs"},
 			&cli.IntFlag{Name: "concurrency", EnvVars: []string{"WALSHIP_BACKUP_CONCURRENCY"}, Value: 2, Usage: "zstd goroutines per archive"},
+			&cli.DurationFlag{Name: "lease-ttl", EnvVars: []string{"WALSHIP_LEASE_TTL"}, Value: archiver.DefaultLeaseTTL, Usage: "how long the backup lease outlives a killed backup"},
 			&cli.DurationFlag{Name: "wal-timeout", EnvVars: []string{"WALSHIP_WAL_TIMEOUT"}, Value: 5 * time.Minute, Usage: "how long to wait for a running archiver to store the backup's last WAL segment"},
 		}, repoFlags()...),
 		Action: func(c *cli.Context) error {
@@ -43,6 +44,7 @@ func (e *env) backupCommand() *cli.Command {
 				Slot:        c.String("slot"),
 				Concurrency: c.Int("concurrency"),
 				WALTimeout:  c.Duration("wal-timeout"),
+				LeaseTTL:    c.Duration("lease-ttl"),
 				Log:         e.log,
 			})
 			if err != nil {

@@ -120,6 +120,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			e.archiveCommand(),
 			e.backupCommand(),
 			e.listCommand(),
+			e.pruneCommand(),
 			e.walPushCommand(), e.walFetchCommand(),
 		},
 	}
