@@ -8,6 +8,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/archiver"
+	"github.com/walship/walship/scheduler"
+	"github.com/walship/walship/storage/catalog"
 	"github.com/walship/walship/storage/location"
 )
 
@@ -45,6 +47,11 @@ func (e *env) archiveCommand() *cli.Command {
 		&cli.BoolFlag{Name: "wait", EnvVars: []string{"WALSHIP_WAIT"}, Usage: "wait for another archiver's lease on the repository to end instead of failing"},
 		&cli.DurationFlag{Name: "lease-ttl", EnvVars: []string{"WALSHIP_LEASE_TTL"}, Value: archiver.DefaultLeaseTTL, Usage: "how long the repository lease outlives a killed archiver"},
 		&cli.BoolFlag{Name: "accept-gap", EnvVars: []string{"WALSHIP_ACCEPT_GAP"}, Usage: "when the primary has already removed the next WAL to archive, go on from where its WAL begins now, recording the gap (take a new base backup)"},
+		&cli.StringFlag{Name: "backup-schedule", EnvVars: []string{"WALSHIP_BACKUP_SCHEDULE"}, Usage: "take base backups on this cron `SCHEDULE` while archiving (e.g. \"0 3 * * *\", @daily; UTC)"},
+		&cli.BoolFlag{Name: "backup-fast", EnvVars: []string{"WALSHIP_BACKUP_FAST"}, Usage: "scheduled backups start with an immediate checkpoint instead of a spread one"},
+		&cli.StringFlag{Name: "prune-schedule", EnvVars: []string{"WALSHIP_PRUNE_SCHEDULE"}, Usage: "apply --keep/--keep-within on this cron `SCHEDULE` while archiving"},
+		&cli.IntFlag{Name: "keep", EnvVars: []string{"WALSHIP_KEEP"}, Usage: "with --prune-schedule: keep the `N` newest backups"},
+		&cli.DurationFlag{Name: "keep-within", EnvVars: []string{"WALSHIP_KEEP_WITHIN"}, Usage: "with --prune-schedule: keep what recovery to any moment of the last `D` needs"},
 		&cli.DurationFlag{Name: "stop-timeout", EnvVars: []string{"WALSHIP_STOP_TIMEOUT"}, Value: archiver.DefaultStopTimeout, Usage: "how long a stop may take to store and acknowledge what was received"},
 	}, repoFlags()...)
 	return &cli.Command{
@@ -78,11 +85,23 @@ func (e *env) archiveCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			runner, err := e.schedules(c, repo)
+			if err != nil {
+				return err
+			}
 			ctx := c.Context
 			if d := c.Duration("max-duration"); d > 0 {
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithTimeout(ctx, d)
 				defer cancel()
+			}
+			if runner != nil {
+				// Scheduled jobs stop with the archiver; a running backup
+				// finishes first.
+				jobs, stopJobs := context.WithCancel(ctx)
+				done := make(chan struct{})
+				go func() { runner.Run(jobs); close(done) }()
+				defer func() { stopJobs(); <-done }()
 			}
 			res, err := archiver.Run(ctx, repo, archiver.Config{
 				ConnString:     pgConnString(c),
@@ -106,4 +125,37 @@ func (e *env) archiveCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+// schedules sets up the backups and pruning that run inside the archiver;
+// nil when none is asked for.
+func (e *env) schedules(c *cli.Context, repo *catalog.Repo) (*scheduler.Runner, error) {
+	bs, ps := c.String("backup-schedule"), c.String("prune-schedule")
+	if bs == "" && ps == "" {
+		return nil, nil
+	}
+	r := scheduler.NewRunner(e.log)
+	if bs != "" {
+		sched, err := scheduler.ParseSchedule(bs)
+		if err != nil {
+			return nil, usagef("--backup-schedule: %v", err)
+		}
+		cfg := archiver.BackupConfig{ConnString: pgConnString(c), Slot: c.String("slot"), Fast: c.Bool("backup-fast"), Log: e.log}
+		r.Add(c.Context, "backup", sched, func(ctx context.Context) error {
+			_, err := archiver.Backup(ctx, repo, cfg)
+			return err
+		})
+	}
+	if ps != "" {
+		sched, err := scheduler.ParseSchedule(ps)
+		if err != nil {
+			return nil, usagef("--prune-schedule: %v", err)
+		}
+		policy := scheduler.Policy{Keep: c.Int("keep"), KeepWithin: c.Duration("keep-within")}
+		if err := policy.Validate(); err != nil {
+			return nil, usagef("--prune-schedule: %v", err)
+		}
+		r.Add(c.Context, "prune", sched, func(ctx context.Context) error { return prune(ctx, repo, policy, e.log, false, nil) })
+	}
+	return r, nil
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/archiver"
+	"github.com/walship/walship/scheduler"
 )
 
 func (e *env) backupCommand() *cli.Command {
@@ -24,6 +25,8 @@ func (e *env) backupCommand() *cli.Command {
 			&cli.StringFlag{Name: "slot", EnvVars: []string{"WALSHIP_SLOT"}, Value: archiver.DefaultSlot, Usage: "the archiver's `SLOT`, used to ship the backup's WAL when no archiver runs"},
 			&cli.IntFlag{Name: "concurrency", EnvVars: []string{"WALSHIP_BACKUP_CONCURRENCY"}, Value: 2, Usage: "zstd goroutines per archive"},
 			&cli.DurationFlag{Name: "lease-ttl", EnvVars: []string{"WALSHIP_LEASE_TTL"}, Value: archiver.DefaultLeaseTTL, Usage: "how long the backup lease outlives a killed backup"},
+			&cli.BoolFlag{Name: "if-due", EnvVars: []string{"WALSHIP_IF_DUE"}, Usage: "take the backup only if --schedule says one is due, judging from the repository alone (for cron jobs and cloud schedulers)"},
+			&cli.StringFlag{Name: "schedule", EnvVars: []string{"WALSHIP_BACKUP_SCHEDULE"}, Usage: "cron `SCHEDULE` for --if-due (e.g. \"0 3 * * *\" or @daily; UTC)"},
 			&cli.DurationFlag{Name: "wal-timeout", EnvVars: []string{"WALSHIP_WAL_TIMEOUT"}, Value: 5 * time.Minute, Usage: "how long to wait for a running archiver to store the backup's last WAL segment"},
 		}, repoFlags()...),
 		Action: func(c *cli.Context) error {
@@ -36,6 +39,24 @@ func (e *env) backupCommand() *cli.Command {
 			repo, err := openCatalog(c)
 			if err != nil {
 				return err
+			}
+			if c.Bool("if-due") {
+				if c.String("schedule") == "" {
+					return usagef("--if-due needs --schedule")
+				}
+				sched, err := scheduler.ParseSchedule(c.String("schedule"))
+				if err != nil {
+					return usageError{err}
+				}
+				l, err := repo.ListBackups(c.Context)
+				if err != nil {
+					return err
+				}
+				due, next := scheduler.BackupDue(l.Backups, sched, time.Now())
+				if !due {
+					e.log.Info("no backup due", slog.Time("next_due", next))
+					return nil
+				}
 			}
 			b, err := archiver.Backup(c.Context, repo, archiver.BackupConfig{
 				ConnString:  pgConnString(c),

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/walship/walship/archiver"
 	"github.com/walship/walship/scheduler"
+	"github.com/walship/walship/storage/catalog"
 )
 
 func (e *env) pruneCommand() *cli.Command {
@@ -35,35 +37,12 @@ func (e *env) pruneCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			// Hold the backup lease so that no backup starts meanwhile; if
-			// one is running, keep what may be its objects.
-			running := false
-			lease, err := archiver.AcquireLease(c.Context, repo.Store(), archiver.LeaseOptions{Name: archiver.BackupLease, Log: e.log})
-			var held *archiver.LeaseHeldError
-			switch {
-			case errors.As(err, &held):
-				running = true
-				e.log.Info("a backup is running; its unfinished objects are kept", slog.String("holder", held.Holder))
-			case err != nil:
-				return err
-			default:
-				defer lease.Release(c.Context)
-			}
-			inv, err := scheduler.TakeInventory(c.Context, repo, running)
-			if err != nil {
-				return err
-			}
-			plan, err := scheduler.PlanRetention(inv, policy, time.Now())
-			if err != nil {
-				return err
-			}
-			if c.Bool("json") {
-				enc := json.NewEncoder(e.stdout)
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(plan); err != nil {
-					return err
+			show := func(plan scheduler.Plan) error {
+				if c.Bool("json") {
+					enc := json.NewEncoder(e.stdout)
+					enc.SetIndent("", "  ")
+					return enc.Encode(plan)
 				}
-			} else {
 				for _, d := range plan.Keep {
 					fmt.Fprintf(e.stdout, "keep    %s  %s\n", d.ID, d.Reason)
 				}
@@ -77,13 +56,55 @@ func (e *env) pruneCommand() *cli.Command {
 					fmt.Fprintf(e.stdout, "note: %s\n", n)
 				}
 				fmt.Fprintf(e.stdout, "%d objects to delete\n", len(plan.DeleteKeys))
-			}
-			if c.Bool("dry-run") {
 				return nil
 			}
-			n, err := scheduler.Prune(c.Context, repo, plan, e.log)
-			e.log.Info("pruned", slog.Int("deleted", n))
-			return err
+			return prune(c.Context, repo, policy, e.log, c.Bool("dry-run"), show)
 		},
 	}
+}
+
+// prune plans and applies retention while holding the backup lease, so that
+// no backup starts meanwhile; if one is running, what may be its objects
+// are kept.
+// show, if not nil, sees the plan first; dryRun stops there.
+func prune(ctx context.Context, repo *catalog.Repo, policy scheduler.Policy, log *slog.Logger, dryRun bool, show func(scheduler.Plan) error) error {
+	running, release, err := backupLease(ctx, repo, log)
+	if err != nil {
+		return err
+	}
+	defer release()
+	inv, err := scheduler.TakeInventory(ctx, repo, running)
+	if err != nil {
+		return err
+	}
+	plan, err := scheduler.PlanRetention(inv, policy, time.Now())
+	if err != nil {
+		return err
+	}
+	if show != nil {
+		if err := show(plan); err != nil {
+			return err
+		}
+	}
+	if dryRun {
+		return nil
+	}
+	n, err := scheduler.Prune(ctx, repo, plan, log)
+	log.Info("pruned", slog.Int("deleted_objects", n), slog.Int("deleted_backups", len(plan.DeleteBackups)))
+	return err
+}
+
+// backupLease takes the backup lease for a prune; running reports that a
+// backup holds it instead.
+func backupLease(ctx context.Context, repo *catalog.Repo, log *slog.Logger) (running bool, release func(), err error) {
+	lease, err := archiver.AcquireLease(ctx, repo.Store(), archiver.LeaseOptions{Name: archiver.BackupLease, Log: log})
+	var held *archiver.LeaseHeldError
+	switch {
+	case errors.As(err, &held):
+		log.Info("a backup is running; its unfinished objects are kept", slog.String("holder", held.Holder))
+		return true, func() {}, nil
+	case err != nil:
+		return false, nil, err
+	}
+	return false, func() { _ = lease.Release(context.WithoutCancel(ctx)) }, nil
 }
