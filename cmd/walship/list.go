@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/internal/wal"
+	"github.com/walship/walship/scheduler"
 	"github.com/walship/walship/storage/catalog"
 )
 
@@ -25,6 +26,7 @@ type listing struct {
 	Unfinished []string          `json:"unfinished_backups,omitempty"`
 	Invalid    map[string]string `json:"invalid_backups,omitempty"`
 	Slot       *slotState        `json:"slot,omitempty"`
+	NextBackup string            `json:"next_backup_due,omitempty"`
 }
 
 type walExtent struct {
@@ -56,6 +58,7 @@ func (e *env) listCommand() *cli.Command {
 			pgFlag(),
 			&cli.BoolFlag{Name: "json", Usage: "print JSON for machines"},
 			&cli.StringFlag{Name: "slot", EnvVars: []string{"WALSHIP_SLOT"}, Value: "walship", Usage: "the archiver's replication `SLOT`, shown with --pg"},
+			&cli.StringFlag{Name: "backup-schedule", EnvVars: []string{"WALSHIP_BACKUP_SCHEDULE"}, Usage: "show when the next backup is due under this cron `SCHEDULE`"},
 		}, repoFlags()...),
 		Action: func(c *cli.Context) error {
 			repo, err := openCatalog(c)
@@ -67,6 +70,14 @@ func (e *env) listCommand() *cli.Command {
 				return err
 			}
 			l.Repository = c.String("repo")
+			if spec := c.String("backup-schedule"); spec != "" {
+				sched, err := scheduler.ParseSchedule(spec)
+				if err != nil {
+					return usagef("--backup-schedule: %v", err)
+				}
+				_, next := scheduler.BackupDue(l.Backups, sched, time.Now())
+				l.NextBackup = next.UTC().Format(time.RFC3339)
+			}
 			if pg := pgConnString(c); pg != "" {
 				l.Slot = readSlotState(c.Context, pg, c.String("slot"))
 			}
@@ -204,6 +215,9 @@ func printListing(w io.Writer, l listing) {
 	}
 	for id, err := range l.Invalid {
 		fmt.Fprintf(w, "\nbackup %s is unreadable: %s\n", id, err)
+	}
+	if l.NextBackup != "" {
+		fmt.Fprintf(w, "\nnext backup due %s\n", l.NextBackup)
 	}
 	if s := l.Slot; s != nil {
 		fmt.Fprintf(w, "\nslot %s: ", s.Name)
