@@ -26,6 +26,9 @@ type BackupConfig struct {
 	Label string
 	// Fast asks for an immediate checkpoint instead of a spread one.
 	Fast bool
+	// MaxRate bounds the server's transfer rate in kB/s (32 to 1048576); 0
+	// means unlimited.
+	MaxRate int
 	// Slot is the archiver's slot, used to ship the backup's last WAL when
 	// no archiver is running.
 	Slot string
@@ -102,7 +105,7 @@ func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (catalog.
 	log.Info("base backup starting", slog.Bool("fast_checkpoint", cfg.Fast))
 
 	sink := &repoSink{repo: repo.WithConcurrency(cfg.Concurrency), id: b.ID}
-	res, err := StreamBaseBackup(ctx, conn, srv.VersionNum, BaseBackupOptions{Label: b.Label, Fast: cfg.Fast, Log: log}, sink)
+	res, err := StreamBaseBackup(ctx, conn, srv.VersionNum, BaseBackupOptions{Label: b.Label, Fast: cfg.Fast, MaxRate: cfg.MaxRate, Log: log}, sink)
 	if err != nil {
 		return catalog.Backup{}, fmt.Errorf("base backup %s: %w", b.ID, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -54,15 +55,21 @@ func backupRestore(t *testing.T, bin string, version int, repoURL string) {
 		return c.Scalar(t, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walship'") == "1"
 	})
 
-	// A write load runs during the backup.
-	ctx, stopLoad := context.WithCancel(context.Background())
+	// A write load runs during the backup. It stops between statements, not
+	// by cancelling one: a cancelled INSERT may still commit after the
+	// digest below was taken.
+	var stopping atomic.Bool
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		conn := c.Conn(t)
-		for ctx.Err() == nil {
-			_, _ = conn.Exec(ctx, "INSERT INTO load (v) SELECT md5(g::text) FROM generate_series(1, 300) g")
+		for !stopping.Load() {
+			if _, err := conn.Exec(context.Background(), "INSERT INTO load (v) SELECT md5(g::text) FROM generate_series(1, 300) g"); err != nil {
+				t.Error(err)
+				return
+			}
 		}
 	})
+	stopLoad := func() { stopping.Store(true) }
 	time.Sleep(300 * time.Millisecond)
 	cmd := exec.Command(bin, "--repo", repoURL, "backup", "--fast", "--pg", c.ConnString())
 	cmd.Dir = "/"
