@@ -77,6 +77,14 @@ func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (catalog.
 	if _, err := repo.Init(ctx, catalog.Meta{SystemID: srv.SystemID, SegmentSize: srv.SegmentSize}); err != nil {
 		return catalog.Backup{}, err
 	}
+	// The archiver's slot must exist before the backup starts, so that the
+	// server keeps every segment from the backup's start until it is in the
+	// repository, even when no archiver has run yet.
+	if created, err := ensureSlot(ctx, conn, cfg.Slot); err != nil {
+		return catalog.Backup{}, err
+	} else if created {
+		cfg.Log.Info("created replication slot for the backup's WAL", slog.String(keySlot, cfg.Slot))
+	}
 	// One backup (or prune) at a time; the lease also tells prune that
 	// the objects of this unfinished backup are in use.
 	if cfg.LeaseTTL <= 0 {
@@ -163,7 +171,7 @@ func waitForWAL(ctx context.Context, repo *catalog.Repo, b catalog.Backup, cfg B
 			return err
 		}
 		if ok {
-			return nil
+			return checkBackupWAL(ctx, repo, b)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("segment %s, which holds the backup's end at %s, is not in the repository after %s: is the archiver running and keeping up? The backup is not usable without it", seg.Name(b.SegmentSize), b.EndLSN, cfg.WALTimeout)
@@ -233,4 +241,23 @@ func (w *objectWriter) CloseWithError(err error) error {
 		return err
 	}
 	return serr
+}
+
+// checkBackupWAL checks that every segment from the backup's start to its
+// end is in the repository: recovery from the backup reads all of them.
+func checkBackupWAL(ctx context.Context, repo *catalog.Repo, b catalog.Backup) error {
+	if b.StartTLI != b.EndTLI {
+		return nil // a backup across a timeline switch (from a standby): the end segment is what can be checked
+	}
+	tli := wal.TimeLineID(b.StartTLI)
+	first := wal.SegmentOf(tli, b.StartLSN, b.SegmentSize)
+	last := wal.SegmentOf(tli, b.EndLSN-1, b.SegmentSize)
+	for no := first.No; no <= last.No; no++ {
+		seg := wal.Segment{TLI: tli, No: no}
+		if _, err := repo.Store().Stat(ctx, catalog.SegmentKey(seg, b.SegmentSize)); err != nil {
+			return fmt.Errorf("segment %s, which the backup needs (it spans %s to %s), is not in the repository: %w; the WAL from the backup's start was not archived (was the slot created after the backup began?)",
+				seg.Name(b.SegmentSize), b.StartLSN, b.EndLSN, err)
+		}
+	}
+	return nil
 }
