@@ -31,6 +31,7 @@ bench: services build
 	$(SERVE) $(GO) test -run '^$$' -bench SynchronousCommit -benchtime 300x ./archiver
 	$(SERVE) $(GO) test -run '^$$' -bench SyncInterval -benchtime 10x ./archiver
 	$(GO) run ./bench/catchup -scale 80
+	$(GO) run ./bench/backup -scale 100
 
 demo: build
 	bash scripts/install-postgres.sh

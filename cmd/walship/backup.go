@@ -3,12 +3,14 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/archiver"
 	"github.com/walship/walship/scheduler"
+	"github.com/walship/walship/storage/location"
 )
 
 func (e *env) backupCommand() *cli.Command {
@@ -23,6 +25,7 @@ func (e *env) backupCommand() *cli.Command {
 			&cli.StringFlag{Name: "label", EnvVars: []string{"WALSHIP_BACKUP_LABEL"}, Usage: "backup label on the server (default: walship <id>)"},
 			&cli.BoolFlag{Name: "fast", EnvVars: []string{"WALSHIP_BACKUP_FAST"}, Usage: "start with an immediate checkpoint instead of a spread one"},
 			&cli.StringFlag{Name: "slot", EnvVars: []string{"WALSHIP_SLOT"}, Value: archiver.DefaultSlot, Usage: "the archiver's `SLOT`, used to ship the backup's WAL when no archiver runs"},
+			&cli.StringFlag{Name: "memory-limit", EnvVars: []string{"WALSHIP_MEMORY_LIMIT"}, Value: "64MiB", Usage: "soft limit on the process's memory (compression and upload buffers)"},
 			&cli.IntFlag{Name: "max-rate", EnvVars: []string{"WALSHIP_BACKUP_MAX_RATE"}, Usage: "bound the server's transfer rate in `kB/s` (32 to 1048576; 0: unlimited)"},
 			&cli.IntFlag{Name: "concurrency", EnvVars: []string{"WALSHIP_BACKUP_CONCURRENCY"}, Value: 2, Usage: "zstd goroutines per archive"},
 			&cli.DurationFlag{Name: "lease-ttl", EnvVars: []string{"WALSHIP_LEASE_TTL"}, Value: archiver.DefaultLeaseTTL, Usage: "how long the backup lease outlives a killed backup"},
@@ -37,6 +40,12 @@ func (e *env) backupCommand() *cli.Command {
 			if n := c.Int("concurrency"); n < 1 || n > 64 {
 				return usagef("--concurrency %d: want 1 to 64", n)
 			}
+			mem, err := location.ParseSize(c.String("memory-limit"))
+			if err != nil || mem < 16<<20 {
+				return usagef("--memory-limit %q: want a size of at least 16MiB, such as 64MiB", c.String("memory-limit"))
+			}
+			// Without a limit the heap may grow to twice what is live.
+			debug.SetMemoryLimit(mem)
 			repo, err := openCatalog(c)
 			if err != nil {
 				return err
