@@ -80,6 +80,9 @@ func TestPruneThenRecover(t *testing.T) {
 	if len(l.Backups) != 2 || l.Backups[0].ID != ids[1] || len(l.Unfinished) != 0 {
 		t.Fatalf("after prune: backups %v, unfinished %v; want %v and none", l.Backups, l.Unfinished, ids[1:])
 	}
+	if l.Window == nil || l.Window.To.Before(l.Window.From) {
+		t.Errorf("list shows no recoverable window: %+v", l.Window)
+	}
 	loc, _ := location.Parse(repoURL)
 	st, err := location.Open(t.Context(), loc)
 	if err != nil {
@@ -132,4 +135,7 @@ func TestPruneThenRecover(t *testing.T) {
 type listingJSON struct {
 	Backups    []struct{ ID string } `json:"backups"`
 	Unfinished []string              `json:"unfinished_backups"`
+	Window     *struct {
+		From, To time.Time
+	} `json:"recoverable_window"`
 }

@@ -27,6 +27,16 @@ type listing struct {
 	Invalid    map[string]string `json:"invalid_backups,omitempty"`
 	Slot       *slotState        `json:"slot,omitempty"`
 	NextBackup string            `json:"next_backup_due,omitempty"`
+	// Window is the recoverable window as far as backups and stored WAL
+	// tell: from the oldest backup's consistency point to when the newest
+	// WAL was stored.
+	Window *window `json:"recoverable_window,omitempty"`
+}
+
+type window struct {
+	From     time.Time `json:"from"`
+	To       time.Time `json:"to"`
+	Timeline uint32    `json:"timeline"`
 }
 
 type walExtent struct {
@@ -119,6 +129,13 @@ func collect(ctx context.Context, repo *catalog.Repo) (listing, error) {
 	ext, err := repo.WALExtents(ctx, meta.SegmentSize)
 	if err != nil {
 		return l, err
+	}
+	if len(l.Backups) > 0 && len(ext) > 0 {
+		newest := ext[len(ext)-1]
+		oldest := l.Backups[0]
+		if newest.TLI != 0 && !newest.Newest.Before(oldest.StopTime) {
+			l.Window = &window{From: oldest.StopTime, To: newest.Newest.UTC(), Timeline: uint32(newest.TLI)}
+		}
 	}
 	for _, x := range ext {
 		if x.TLI == 0 {
@@ -215,6 +232,10 @@ func printListing(w io.Writer, l listing) {
 	}
 	for id, err := range l.Invalid {
 		fmt.Fprintf(w, "\nbackup %s is unreadable: %s\n", id, err)
+	}
+	if l.Window != nil {
+		fmt.Fprintf(w, "\nrecoverable from %s (the oldest backup's end) to about %s (the newest WAL stored), timeline %d\n",
+			l.Window.From.Format(time.RFC3339), l.Window.To.Format(time.RFC3339), l.Window.Timeline)
 	}
 	if l.NextBackup != "" {
 		fmt.Fprintf(w, "\nnext backup due %s\n", l.NextBackup)

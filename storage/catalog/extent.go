@@ -3,22 +3,25 @@ package catalog
 import (
 	"context"
 	"slices"
+	"time"
 
 	"github.com/walship/walship/internal/wal"
 )
 
 // Extent is what the repository holds of one timeline's WAL.
 type Extent struct {
-	TLI        wal.TimeLineID
-	History    bool   // the timeline's history file is stored (always false for 1)
-	First      uint64 // oldest complete segment; meaningless when Segments is 0
-	Last       uint64 // newest complete segment
-	Segments   int    // complete segments
-	Missing    []SegmentRange
-	Accepted   []uint64 // segments where WAL resumed after an accepted gap
-	TipEnd     wal.LSN  // end of the contiguous pieces after Last, 0 if none
-	Partial    bool     // the timeline ended: its last segment is kept as a partial
-	Stray      []string // keys under wal/ that walship did not write
+	TLI      wal.TimeLineID
+	History  bool   // the timeline's history file is stored (always false for 1)
+	First    uint64 // oldest complete segment; meaningless when Segments is 0
+	Last     uint64 // newest complete segment
+	Segments int    // complete segments
+	Missing  []SegmentRange
+	Accepted []uint64 // segments where WAL resumed after an accepted gap
+	TipEnd   wal.LSN  // end of the contiguous pieces after Last, 0 if none
+	Partial  bool     // the timeline ended: its last segment is kept as a partial
+	Stray    []string // keys under wal/ that walship did not write
+	// Newest is when the timeline's newest WAL object was stored.
+	Newest     time.Time
 	segmentNos []uint64
 }
 
@@ -61,6 +64,9 @@ func (r *Repo) WALExtents(ctx context.Context, segSize uint64) ([]Extent, error)
 			continue
 		}
 		e := get(o.TLI)
+		if o.Kind != History && oi.ModTime.After(e.Newest) {
+			e.Newest = oi.ModTime
+		}
 		switch o.Kind {
 		case History:
 			e.History = true
