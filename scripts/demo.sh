@@ -3,8 +3,9 @@
 # It starts a throwaway PostgreSQL 15, archives its WAL into a throwaway file
 # repository with `walship archive` (a bounded run, then a continuous one
 # stopped with SIGTERM under a write load), shows what the repository holds,
-# and reads a shipped segment back with `walship wal-fetch` and pg_waldump.
-# Base backups and restore to a timestamp join the demo when they exist.
+# takes a base backup with `walship backup`, and reads a shipped segment back
+# with `walship wal-fetch` and pg_waldump. Restore to a timestamp joins the
+# demo when `walship restore` exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$PWD/bin/walship
@@ -12,6 +13,7 @@ pgbin=/usr/lib/postgresql/15/bin
 work=$(mktemp -d /tmp/walship-demo-XXXXXX)
 chmod 755 "$work"
 run_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
 [[ $(id -u) -eq 0 ]] && chown postgres "$work"
 cleanup() {
   run_pg "$pgbin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
@@ -56,6 +58,10 @@ echo "== the repository"
 cat "$work/repo/walship.json"
 echo "$(find "$work/repo/wal" -type f -not -path '*.pieces/*' | wc -l) complete segments and $(find "$work/repo/wal" -path '*.pieces/*' -type f | wc -l) piece(s) of the filling one; the newest keys:"
 (cd "$work/repo" && find wal -type f | sort) | tail -n 4
+
+echo
+echo "== walship backup --fast (a base backup streamed into the repository)"
+"$bin" --repo "$repo" backup --fast --pg "$pg"
 
 echo
 echo "== walship list --pg ..."
