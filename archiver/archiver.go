@@ -186,9 +186,14 @@ func Run(ctx context.Context, repo *catalog.Repo, cfg Config) (Result, error) {
 		case <-ctx.Done():
 			return total, nil
 		}
-		if failures == 1 {
+		switch {
+		case failures == 1:
 			backoff = time.Second
-		} else {
+		case errors.Is(err, errSlotActive):
+			// The server frees the slot as soon as it notices the old
+			// connection is gone; poll, as pg_receivewal does.
+			backoff = 2 * time.Second
+		default:
 			backoff = min(backoff*2, time.Minute)
 		}
 	}

@@ -56,10 +56,13 @@ func explainServerError(err error) error {
 			"the repository has a gap from here, and no backup taken before it can be recovered past it. Take a new base backup; to archive again from where the "+
 			"primary's WAL now begins, drop an invalidated slot (SELECT pg_drop_replication_slot('<slot>')) and run walship archive with --accept-gap", errFatal, errWALRemoved, pgErr.Message)
 	case pgErr.Code == "55006":
-		return fmt.Errorf("%s; another client (or a dead connection the server has not noticed yet, until wal_sender_timeout) is using the slot", pgErr.Message)
+		return fmt.Errorf("%w: %s; another client (or a dead connection the server has not noticed yet, until wal_sender_timeout) is using the slot", errSlotActive, pgErr.Message)
 	}
 	return err
 }
+
+// errSlotActive marks a slot in use by another connection.
+var errSlotActive = errors.New("slot in use")
 
 // errWALRemoved marks a start position whose WAL the primary no longer has.
 var errWALRemoved = errors.New("WAL removed before it was archived")

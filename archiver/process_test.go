@@ -70,7 +70,7 @@ func loadInBackground(t *testing.T, c *pgtest.Cluster) (stop func()) {
 
 func archiveCmd(t *testing.T, c *pgtest.Cluster, dir string, extra ...string) *exec.Cmd {
 	args := append([]string{"--repo", "file://" + dir, "--log-format", "json", "archive", "--pg", c.ConnString(),
-		"--sync-interval", "100ms", "--lease-ttl", "1s", "--wait"}, extra...)
+		"--sync-interval", "100ms", "--lease-ttl", "2s", "--wait"}, extra...)
 	cmd := exec.Command(clitest.Binary(t), args...)
 	cmd.Stderr = testWriter{t}
 	return cmd
@@ -110,6 +110,11 @@ func TestKillTrials(t *testing.T) {
 		time.Sleep(time.Duration(rng.IntN(1200)) * time.Millisecond)
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 		_ = cmd.Wait()
+		// The next trial must see its own walsender streaming, not this
+		// one's before the server notices the dead connection.
+		waitFor(t, "the killed archiver's walsender to go", func() bool {
+			return c.Scalar(t, "SELECT count(*) FROM pg_stat_replication") == "0"
+		})
 		acked := slotLSN(t, c)
 		end := repoEnd(t, repo, segSize)
 		t.Logf("trial %d: acknowledged %s, repository continuous to %s", i, acked, end)

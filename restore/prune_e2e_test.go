@@ -40,7 +40,7 @@ func TestPruneThenRecover(t *testing.T) {
 	for i := range 3 {
 		c.Exec(t, "INSERT INTO load (v) SELECT md5(g::text) FROM generate_series(1, 20000) g")
 		c.Exec(t, "SELECT pg_switch_wal()")
-		out, err := run("backup", "--fast", "--pg", c.ConnString(), "--lease-ttl", "1s").Output()
+		out, err := run("backup", "--fast", "--pg", c.ConnString(), "--lease-ttl", "3s").Output()
 		if err != nil {
 			t.Fatalf("backup %d: %v", i, err)
 		}
@@ -50,7 +50,7 @@ func TestPruneThenRecover(t *testing.T) {
 	_ = rowsAtOldestKept
 	// A backup killed midway.
 	c.Exec(t, "INSERT INTO load (v) SELECT md5(g::text) FROM generate_series(1, 20000) g")
-	killed := run("backup", "--fast", "--pg", c.ConnString(), "--lease-ttl", "1s")
+	killed := run("backup", "--fast", "--pg", c.ConnString(), "--lease-ttl", "3s")
 	if err := killed.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func TestPruneThenRecover(t *testing.T) {
 	if l := list(); len(l.Backups) != 3 {
 		t.Fatalf("list shows %d backups after a killed one, want the 3 complete ones", len(l.Backups))
 	}
-	time.Sleep(2 * time.Second) // the killed backup's lease expires
+	time.Sleep(5 * time.Second) // the killed backup's lease expires (TTL 3s + 1s skew)
 	if out, err := run("prune", "--keep", "2").CombinedOutput(); err != nil {
 		t.Fatalf("prune: %v\n%s", err, out)
 	}
