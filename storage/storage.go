@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"iter"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -102,4 +103,14 @@ func (e *KeyError) Error() string {
 		k = k[:200] + "..."
 	}
 	return "storage: key " + strconv.Quote(k) + " " + e.Reason
+}
+
+// EmptyAtEnd serves backends whose servers refuse a range that starts at an
+// object's end (HTTP 416): reading from there is valid and yields nothing.
+// ok is false when off is not key's size.
+func EmptyAtEnd(ctx context.Context, s Store, key string, off int64) (io.ReadCloser, bool) {
+	if oi, err := s.Stat(ctx, key); err == nil && oi.Size == off {
+		return io.NopCloser(strings.NewReader("")), true
+	}
+	return nil, false
 }

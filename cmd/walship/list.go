@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -105,7 +106,7 @@ func (e *env) listCommand() *cli.Command {
 func collect(ctx context.Context, repo *catalog.Repo) (listing, error) {
 	l := listing{Backups: []catalog.Backup{}, WAL: []walExtent{}}
 	meta, err := repo.ReadMeta(ctx)
-	if err == catalog.ErrNoMeta {
+	if errors.Is(err, catalog.ErrNoMeta) {
 		return l, nil
 	}
 	if err != nil {

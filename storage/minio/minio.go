@@ -137,9 +137,8 @@ func (s *Store) Get(ctx context.Context, key string, off int64) (io.ReadCloser, 
 	}
 	body, _, _, err := s.client.GetObject(ctx, s.bucket, k, opts)
 	if err != nil && off > 0 && mgo.ToErrorResponse(err).StatusCode == http.StatusRequestedRangeNotSatisfiable {
-		// Reading from the very end is valid and yields nothing.
-		if oi, serr := s.Stat(ctx, key); serr == nil && oi.Size == off {
-			return io.NopCloser(strings.NewReader("")), nil
+		if rc, ok := storage.EmptyAtEnd(ctx, s, key, off); ok {
+			return rc, nil
 		}
 	}
 	if err != nil {
