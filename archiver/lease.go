@@ -365,6 +365,20 @@ func tryAcquire(ctx context.Context, s storage.Store, c storage.Creator, opts Le
 		} else if err != nil {
 			return nil, fmt.Errorf("acquire lease: %w", err)
 		}
+		// A listing that missed a newer generation would have us reuse a
+		// deleted one: the newest generation must be ours.
+		after, err := listLease(ctx, s, opts.prefix(), opts.Log)
+		if err != nil {
+			return nil, fmt.Errorf("acquire lease: %w", err)
+		}
+		if after.gen > gen {
+			opts.Log.Warn("created a lease generation older than the newest; withdrawing it",
+				slog.String(leaseAttrKey, key), slog.String("newest", after.info.Key))
+			if err := s.Delete(ctx, key); err != nil {
+				return nil, fmt.Errorf("acquire lease: withdraw %s: %w", key, err)
+			}
+			continue
+		}
 		if took := time.Since(start); took >= opts.TTL-opts.fenceMargin() {
 			return nil, fmt.Errorf("acquire lease: creating %s took %s, too long for a lease TTL of %s; raise the TTL or check the store", key, took.Round(time.Millisecond), opts.TTL)
 		}

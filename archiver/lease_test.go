@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"os"
 	"path/filepath"
 	"slices"
@@ -52,11 +53,19 @@ func leaseStores(t *testing.T, f func(t *testing.T, s storage.Store)) {
 	})
 }
 
-// faultStore is a store whose Put and Create can be replaced.
+// faultStore is a store whose Put, Create and List can be replaced.
 type faultStore struct {
 	storage.Store
 	put    func(ctx context.Context, key string, r io.Reader) error
 	create func(ctx context.Context, key string, r io.Reader) error
+	list   func(ctx context.Context, prefix string) iter.Seq2[storage.ObjectInfo, error]
+}
+
+func (f faultStore) List(ctx context.Context, prefix string) iter.Seq2[storage.ObjectInfo, error] {
+	if f.list != nil {
+		return f.list(ctx, prefix)
+	}
+	return f.Store.List(ctx, prefix)
 }
 
 func (f faultStore) Put(ctx context.Context, key string, r io.Reader) error {
@@ -335,6 +344,39 @@ func TestLeaseRace(t *testing.T) {
 		}
 		if got, want := leaseKeys(t, s), []string{LeaseKey(2)}; !slices.Equal(got, want) {
 			t.Errorf("lease objects %q, want %q", got, want)
+		}
+	})
+}
+
+// TestLeaseStaleListing: a listing that misses the newest generation (taken
+// over and the old one deleted after the listing began) must not let a taker
+// reuse a deleted generation.
+func TestLeaseStaleListing(t *testing.T) {
+	leaseStores(t, func(t *testing.T, s storage.Store) {
+		acquireLease(t, s, LeaseOptions{Holder: "old", Now: at(leaseT0)})
+		later := at(leaseT0.Add(time.Hour))
+		winner := acquireLease(t, s, LeaseOptions{Holder: "winner", Now: later})
+		if got, want := leaseKeys(t, s), []string{LeaseKey(2)}; !slices.Equal(got, want) {
+			t.Fatalf("lease objects %q, want %q", got, want)
+		}
+		stale := true
+		fs := faultStore{Store: s, list: func(ctx context.Context, prefix string) iter.Seq2[storage.ObjectInfo, error] {
+			if stale {
+				stale = false
+				return func(func(storage.ObjectInfo, error) bool) {} // nothing yet
+			}
+			return s.List(ctx, prefix)
+		}}
+		_, err := AcquireLease(t.Context(), fs, LeaseOptions{Holder: "late", Now: later, Log: testLogger(t)})
+		var held *LeaseHeldError
+		if !errors.As(err, &held) || held.Holder != "winner" {
+			t.Errorf("AcquireLease after a stale listing = %v, want a LeaseHeldError naming winner", err)
+		}
+		if got, want := leaseKeys(t, s), []string{LeaseKey(2)}; !slices.Equal(got, want) {
+			t.Errorf("lease objects %q, want %q (the reused generation withdrawn)", got, want)
+		}
+		if err := winner.Renew(t.Context()); err != nil {
+			t.Errorf("the winner's renewal: %v", err)
 		}
 	})
 }

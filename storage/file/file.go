@@ -192,12 +192,56 @@ func (s *Store) walk(ctx context.Context, dirKey, prefix string, yield func(stor
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	entries, err := os.ReadDir(filepath.Join(s.root, filepath.FromSlash(dirKey)))
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotDir) {
-		return nil
-	}
+	entries, err := s.readDir(dirKey, prefix)
 	if err != nil {
 		return err
+	}
+	for _, e := range entries {
+		if e.dir {
+			if err := s.walk(ctx, e.info.Key, prefix, yield); err != nil {
+				return err
+			}
+			continue
+		}
+		if !yield(e.info, nil) {
+			return errStop
+		}
+	}
+	return nil
+}
+
+// listEntry is a directory entry on the way to a listing: an object or a
+// subdirectory whose keys may match the prefix.
+type listEntry struct {
+	info storage.ObjectInfo
+	dir  bool
+}
+
+// readDirAttempts bounds how often readDir rereads a changing directory.
+const readDirAttempts = 8
+
+// readDir returns the entries of one directory in key order. It stats every
+// object before returning, and when one vanished between reading the
+// directory and its stat it reads the directory again: skipping it alone
+// would give a listing of a state that never existed (an object replaced by
+// a newer one and then deleted would show neither), which the lease
+// protocol cannot tolerate.
+func (s *Store) readDir(dirKey, prefix string) ([]listEntry, error) {
+	for attempt := 1; ; attempt++ {
+		list, vanished, err := s.readDirOnce(dirKey, prefix)
+		if err != nil || !vanished || attempt == readDirAttempts {
+			return list, err
+		}
+	}
+}
+
+func (s *Store) readDirOnce(dirKey, prefix string) (list []listEntry, vanished bool, err error) {
+	entries, err := os.ReadDir(filepath.Join(s.root, filepath.FromSlash(dirKey)))
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotDir) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
 	}
 	sortName := func(e fs.DirEntry) string {
 		if e.IsDir() {
@@ -216,9 +260,7 @@ func (s *Store) walk(ctx context.Context, dirKey, prefix string, yield func(stor
 		}
 		if e.IsDir() {
 			if strings.HasPrefix(key+"/", prefix) || strings.HasPrefix(prefix, key+"/") {
-				if err := s.walk(ctx, key, prefix, yield); err != nil {
-					return err
-				}
+				list = append(list, listEntry{info: storage.ObjectInfo{Key: key}, dir: true})
 			}
 			continue
 		}
@@ -227,16 +269,15 @@ func (s *Store) walk(ctx context.Context, dirKey, prefix string, yield func(stor
 		}
 		fi, err := e.Info()
 		if errors.Is(err, fs.ErrNotExist) {
-			continue // deleted since ReadDir
+			vanished = true // deleted since ReadDir
+			continue
 		}
 		if err != nil {
-			return err
+			return nil, false, err
 		}
-		if !yield(storage.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}, nil) {
-			return errStop
-		}
+		list = append(list, listEntry{info: storage.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}})
 	}
-	return nil
+	return list, vanished, nil
 }
 
 func notExist(err error) error {

@@ -37,6 +37,7 @@ func RunBehaviour(t *testing.T, newStore func(t *testing.T) storage.Store) {
 	t.Run("RoundTrip", func(t *testing.T) { testRoundTrip(t, newStore(t)) })
 	t.Run("Overwrite", func(t *testing.T) { testOverwrite(t, newStore(t)) })
 	t.Run("List", func(t *testing.T) { testList(t, newStore(t)) })
+	t.Run("ListWhileReplacing", func(t *testing.T) { testListWhileReplacing(t, newStore(t)) })
 	t.Run("InvalidKeys", func(t *testing.T) { testInvalidKeys(t, newStore(t)) })
 	t.Run("Create", func(t *testing.T) { testCreate(t, newStore(t)) })
 	t.Run("CancelledPut", func(t *testing.T) { testCancelledPut(t, newStore(t)) })
@@ -422,3 +423,44 @@ func peakHeapGrowth(f func() error) (int64, error) {
 }
 
 func (r *randomReader) String() string { return fmt.Sprintf("random(%d)", r.size) }
+
+// testListWhileReplacing checks that a listing shows a state the store was
+// in: while a writer creates the next object of a sequence and only then
+// deletes the previous one, a listing never comes back empty. The repository
+// lease relies on it to never reuse a generation.
+func testListWhileReplacing(t *testing.T, s storage.Store) {
+	const rounds = 200
+	key := func(i int) string { return fmt.Sprintf("seq/%08d", i) }
+	put(t, s, key(0), []byte("0"))
+	done := make(chan struct{})
+	var writeErr error
+	go func() {
+		defer close(done)
+		for i := 1; i <= rounds; i++ {
+			if writeErr = s.Put(ctx(t), key(i), strings.NewReader(strconv.Itoa(i))); writeErr != nil {
+				return
+			}
+			if writeErr = s.Delete(ctx(t), key(i-1)); writeErr != nil {
+				return
+			}
+		}
+	}()
+	lists := 0
+	for running := true; running; lists++ {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		if got := keys(t, s, "seq/"); len(got) == 0 {
+			t.Fatalf("listing %d came back empty while objects were replaced one by one", lists)
+		}
+	}
+	if writeErr != nil {
+		t.Fatal(writeErr)
+	}
+	if got, want := keys(t, s, "seq/"), []string{key(rounds)}; !slices.Equal(got, want) {
+		t.Errorf("after the writer: %q, want %q", got, want)
+	}
+	t.Logf("%d listings during %d replacements", lists, rounds)
+}
