@@ -40,8 +40,10 @@ type Config struct {
 	// UntilCaughtUp stops once everything the primary had flushed when the
 	// run started is in the repository.
 	UntilCaughtUp bool
-	// MemoryLimit bounds the bytes of segment buffers (the filling one and
-	// those queued for upload); at least two segments are always allowed.
+	// MemoryLimit sizes the WAL held in memory: raw segment buffers (the
+	// filling one and those waiting to be encoded) take at most half of it,
+	// at least one segment; the encoded segments in flight, one per
+	// uploader, are meant to fit the other half.
 	MemoryLimit int64
 	// Uploaders is how many objects upload at once.
 	Uploaders int

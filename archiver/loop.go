@@ -80,6 +80,22 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 		case out <- first:
 			s.queue = s.queue[1:]
 		case r := <-s.results:
+			if r.encoded {
+				s.unref(r.j.buf)
+				if held != nil && s.cur == nil {
+					if err := s.accept(&xlogData{start: s.received, data: held}, &held); err != nil && !errors.Is(err, errBufferWait) {
+						return nil, err
+					}
+					if held == nil {
+						releaseRecvBuf(heldBuf)
+						heldBuf = nil
+					}
+					if s.cfg.UntilCaughtUp && s.received >= s.target {
+						draining = true
+					}
+				}
+				continue
+			}
 			if r.err != nil {
 				return nil, fmt.Errorf("store %s: %w", r.j.key, r.err)
 			}
@@ -88,18 +104,6 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 				s.pieces--
 			}
 			advanced := s.retire()
-			if held != nil && s.cur == nil {
-				if err := s.accept(&xlogData{start: s.received, data: held}, &held); err != nil && !errors.Is(err, errBufferWait) {
-					return nil, err
-				}
-				if held == nil {
-					releaseRecvBuf(heldBuf)
-					heldBuf = nil
-				}
-				if s.cfg.UntilCaughtUp && s.received >= s.target {
-					draining = true
-				}
-			}
 			if replying && s.durable >= replyAt {
 				replying = false
 				if err := s.status(false); err != nil {

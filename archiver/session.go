@@ -51,7 +51,7 @@ type session struct {
 
 	lastStatus time.Time
 
-	bufs    chan []byte
+	free    [][]byte // segment buffers not in use
 	maxBufs int
 	nBufs   int
 
@@ -62,9 +62,10 @@ type session struct {
 type segment struct {
 	seg       wal.Segment
 	buf       []byte
-	filled    uint32 // bytes received
-	shipped   uint32 // end of what pieces hold or will hold
-	verify    uint32 // bytes [0, verify) are already stored and must match
+	ref       *segBuf // buf's reference count
+	filled    uint32  // bytes received
+	shipped   uint32  // end of what pieces hold or will hold
+	verify    uint32  // bytes [0, verify) are already stored and must match
 	verifySum [32]byte
 	pieceKeys []string
 }
@@ -112,8 +113,8 @@ func (s *session) run(ctx context.Context) (Result, error) {
 		return s.res, err
 	}
 	s.target = s.srv.FlushLSN
-	s.maxBufs = max(2, int(s.cfg.MemoryLimit/int64(s.segSize)))
-	s.bufs = make(chan []byte, s.maxBufs)
+	// Half the budget for raw segments, half for encoded ones in flight.
+	s.maxBufs = max(1, int(s.cfg.MemoryLimit/(2*int64(s.segSize))))
 	s.jobs = make(chan *job)
 	s.results = make(chan result, s.cfg.Uploaders)
 	s.open = map[uint64]*job{}
@@ -123,11 +124,26 @@ func (s *session) run(ctx context.Context) (Result, error) {
 	var workers sync.WaitGroup
 	for range s.cfg.Uploaders {
 		workers.Go(func() {
-			for j := range s.jobs {
-				err := s.ship.store(work, j)
+			send := func(r result) bool {
 				select {
-				case s.results <- result{j, err}:
+				case s.results <- r:
+					return true
 				case <-work.Done():
+					return false
+				}
+			}
+			for j := range s.jobs {
+				// Encoding first frees the segment buffer long before
+				// the upload ends.
+				e, err := s.ship.encode(j)
+				if !send(result{j: j, encoded: true}) {
+					return
+				}
+				if err == nil {
+					err = s.ship.store(work, e)
+					e.Release()
+				}
+				if !send(result{j: j, err: err}) {
 					return
 				}
 			}
@@ -181,7 +197,7 @@ func (s *session) startPoint(ctx context.Context) (startPoint, error) {
 		// lost rather than missing.
 		marker := fmt.Appendf(nil, "{\"accepted\": %q, \"resumes_at\": %q, \"reason\": \"the primary removed WAL before it was archived\"}\n",
 			time.Now().UTC().Format(time.RFC3339), sp.Segment.Start(s.segSize))
-		if err := s.ship.store(ctx, &job{key: catalog.GapKey(sp.Segment, s.segSize), data: marker}); err != nil {
+		if err := s.ship.storeBytes(ctx, catalog.GapKey(sp.Segment, s.segSize), marker); err != nil {
 			return startPoint{}, fmt.Errorf("record the accepted gap: %w", err)
 		}
 	}
@@ -213,7 +229,7 @@ func (s *session) stream(ctx context.Context, sp startPoint) error {
 		s.received = start
 		s.durable = max(s.durable, start+wal.LSN(sp.Stored))
 		if s.cur != nil { // an empty segment left at a timeline switch
-			s.releaseBuf(s.cur.buf)
+			s.unref(s.cur.ref)
 			s.cur = nil
 		}
 		if !s.newSegment(sp.Segment) {
@@ -242,26 +258,41 @@ func (s *session) storeHistory(ctx context.Context, tli wal.TimeLineID) error {
 	if _, err := wal.ParseHistory(h.Content); err != nil {
 		return fmt.Errorf("history of timeline %d from the server: %w", tli, err)
 	}
-	return s.ship.store(ctx, &job{kind: jobHistory, key: catalog.HistoryKey(tli), data: h.Content})
+	return s.ship.storeBytes(ctx, catalog.HistoryKey(tli), h.Content)
+}
+
+// segBuf counts what reads a segment buffer: the segment while it fills and
+// each job made of it until the job is encoded.
+type segBuf struct {
+	b    []byte
+	refs int
 }
 
 // newSegment starts filling seg; false when every buffer is in use.
 func (s *session) newSegment(seg wal.Segment) bool {
 	var buf []byte
-	select {
-	case buf = <-s.bufs:
-	default:
-		if s.nBufs >= s.maxBufs {
-			return false
-		}
+	switch {
+	case len(s.free) > 0:
+		buf = s.free[len(s.free)-1]
+		s.free = s.free[:len(s.free)-1]
+	case s.nBufs < s.maxBufs:
 		buf = make([]byte, s.segSize)
 		s.nBufs++
+	default:
+		return false
 	}
-	s.cur = &segment{seg: seg, buf: buf}
+	s.cur = &segment{seg: seg, buf: buf, ref: &segBuf{b: buf, refs: 1}}
 	return true
 }
 
-func (s *session) releaseBuf(b []byte) { s.bufs <- b }
+// unref drops a reference to b, which is free for the next segment once
+// nothing reads it.
+func (s *session) unref(b *segBuf) {
+	b.refs--
+	if b.refs == 0 {
+		s.free = append(s.free, b.b)
+	}
+}
 
 // enqueue creates a job; workers take jobs in creation order.
 func (s *session) enqueue(j *job) {
@@ -282,7 +313,8 @@ func (s *session) shipPiece() {
 	}
 	key := catalog.PieceKey(c.seg, s.segSize, c.shipped, c.filled)
 	c.pieceKeys = append(c.pieceKeys, key)
-	s.enqueue(&job{kind: jobPiece, key: key, data: c.buf[c.shipped:c.filled], end: c.seg.Start(s.segSize) + wal.LSN(c.filled)})
+	c.ref.refs++
+	s.enqueue(&job{kind: jobPiece, key: key, data: c.buf[c.shipped:c.filled], buf: c.ref, end: c.seg.Start(s.segSize) + wal.LSN(c.filled)})
 	c.shipped = c.filled
 }
 
@@ -291,7 +323,8 @@ func (s *session) shipPiece() {
 func (s *session) finishSegment(partial bool) {
 	c := s.cur
 	s.cur = nil
-	j := &job{kind: jobSegment, key: catalog.SegmentKey(c.seg, s.segSize), data: c.buf,
+	// The job takes over the filling segment's reference.
+	j := &job{kind: jobSegment, key: catalog.SegmentKey(c.seg, s.segSize), data: c.buf, buf: c.ref,
 		end: c.seg.Start(s.segSize) + wal.LSN(c.filled), pieceKeys: c.pieceKeys}
 	if partial {
 		j.kind, j.key, j.data = jobPartial, catalog.PartialKey(c.seg, s.segSize), c.buf[:c.filled]
@@ -304,8 +337,6 @@ func (s *session) finishSegment(partial bool) {
 			j.pieceKeys = nil
 		}
 	}
-	buf := c.buf
-	j.releaseBuf = func() { s.releaseBuf(buf) }
 	s.enqueue(j)
 }
 
@@ -331,7 +362,6 @@ func (s *session) retire() bool {
 				keys := j.pieceKeys
 				s.cleanup.Go(func() { s.ship.deletePieces(context.Background(), keys) })
 			}
-			j.releaseBuf()
 		}
 	}
 	s.res.Durable = s.durable

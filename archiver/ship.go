@@ -3,10 +3,8 @@ package archiver
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"time"
 
@@ -28,38 +26,53 @@ const (
 // job is one object to store. Jobs complete in any order, but the durable
 // position advances only over a contiguous run of completed jobs.
 type job struct {
-	kind       jobKind
-	key        string
-	data       []byte  // immutable while the job is in flight
-	end        wal.LSN // the WAL position durable once this and every earlier job are stored
-	seq        uint64  // order of creation
-	pieceKeys  []string
-	releaseBuf func() // returns a segment buffer once its segment is stored
+	kind      jobKind
+	key       string
+	data      []byte  // immutable until the job is encoded
+	buf       *segBuf // the segment buffer data lies in; nil if data is the job's own
+	end       wal.LSN // the WAL position durable once this and every earlier job are stored
+	seq       uint64  // order of creation
+	pieceKeys []string
 }
 
-// result is a finished job.
+// result is a job encoded (its data may be reused) or finished.
 type result struct {
-	j   *job
-	err error
+	j       *job
+	encoded bool // only encoded; a finished result follows
+	err     error
 }
 
-// shipper stores jobs with a few workers, retrying storage errors with
-// backoff until its context ends.
+// shipper encodes and stores jobs, retrying storage errors with backoff.
 type shipper struct {
 	repo    *catalog.Repo
 	log     *slog.Logger
 	backoff time.Duration // first retry's wait; doubles up to 30 s
 }
 
-// store writes j, retrying transient failures. A segment, partial or history
-// already stored with the same bytes counts as stored; with different bytes
-// it is an error that retrying cannot fix.
-func (s *shipper) store(ctx context.Context, j *job) error {
+// encode encodes j in memory, after which j's data may be reused.
+func (s *shipper) encode(j *job) (*catalog.Encoded, error) {
+	return s.repo.Encode(j.key, bytes.NewReader(j.data))
+}
+
+// storeBytes encodes and stores data under key.
+func (s *shipper) storeBytes(ctx context.Context, key string, data []byte) error {
+	e, err := s.repo.Encode(key, bytes.NewReader(data))
+	if err != nil {
+		return err
+	}
+	defer e.Release()
+	return s.store(ctx, e)
+}
+
+// store writes e, retrying transient failures. An object already stored with
+// the same payload counts as stored; with a different one it is an error
+// that retrying cannot fix.
+func (s *shipper) store(ctx context.Context, e *catalog.Encoded) error {
 	backoff := s.backoff
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
-		err := s.storeOnce(ctx, j)
-		s.log.Debug("upload", slog.String(keyKey, j.key), slog.Int("bytes", len(j.data)), slog.Duration("took", time.Since(start)), slog.Any(keyError, err))
+		err := s.storeOnce(ctx, e)
+		s.log.Debug("upload", slog.String(keyKey, e.Key), slog.Int64("bytes", e.StoredSize), slog.Duration("took", time.Since(start)), slog.Any(keyError, err))
 		if err == nil || errors.Is(err, errConflict) || ctx.Err() != nil {
 			return err
 		}
@@ -68,7 +81,7 @@ func (s *shipper) store(ctx context.Context, j *job) error {
 			// bounded run gives up, a continuous one tries again.
 			return fmt.Errorf("after %d attempts: %w", attempt, err)
 		}
-		s.log.Warn("upload failed; retrying", slog.String(keyKey, j.key), slog.Int("attempt", attempt), slog.Duration("in", backoff), slog.Any(keyError, err))
+		s.log.Warn("upload failed; retrying", slog.String(keyKey, e.Key), slog.Int("attempt", attempt), slog.Duration("in", backoff), slog.Any(keyError, err))
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
@@ -86,36 +99,19 @@ const maxAttempts = 8
 // errConflict marks an object that exists with different bytes.
 var errConflict = errors.New("conflict")
 
-func (s *shipper) storeOnce(ctx context.Context, j *job) error {
-	_, err := s.repo.Create(ctx, j.key, bytes.NewReader(j.data))
+func (s *shipper) storeOnce(ctx context.Context, e *catalog.Encoded) error {
+	err := s.repo.CreateEncoded(ctx, e)
 	if !errors.Is(err, storage.ErrExist) {
 		return err
 	}
-	same, err := s.sameContent(ctx, j.key, j.data)
+	same, err := s.repo.SameAsStored(ctx, e)
 	if err != nil {
 		return err
 	}
 	if !same {
-		return fmt.Errorf("%w: the repository already holds different data under %s; another cluster or a diverged primary writes to this repository: stop it, or use another --repo", errConflict, j.key)
+		return fmt.Errorf("%w: the repository already holds different data under %s; another cluster or a diverged primary writes to this repository: stop it, or use another --repo", errConflict, e.Key)
 	}
 	return nil
-}
-
-// sameContent compares the stored payload of key with data by hashing the
-// stored object while streaming it.
-func (s *shipper) sameContent(ctx context.Context, key string, data []byte) (bool, error) {
-	rc, err := s.repo.Open(ctx, key)
-	if err != nil {
-		return false, err
-	}
-	defer rc.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, rc)
-	if err != nil {
-		return false, err
-	}
-	want := sha256.Sum256(data)
-	return n == int64(len(data)) && bytes.Equal(h.Sum(nil), want[:]), nil
 }
 
 // deletePieces removes the pieces a stored segment supersedes; a failure

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/walship/walship/internal/chunks"
 )
 
 // MaxParts is S3's limit on the parts of one upload.
@@ -17,7 +19,7 @@ const MaxParts = 10000
 // Target is one object's destination in a backend.
 type Target[P any] interface {
 	// Single stores body as the whole object in one request.
-	Single(ctx context.Context, body []byte) error
+	Single(ctx context.Context, body *io.SectionReader) error
 	// Begin starts a multipart upload.
 	Begin(ctx context.Context) (Upload[P], error)
 }
@@ -25,14 +27,14 @@ type Target[P any] interface {
 // Upload is a started multipart upload.
 type Upload[P any] interface {
 	// Part sends part n (1-based); it may run concurrently with other parts.
-	Part(ctx context.Context, n int32, body []byte) (P, error)
+	Part(ctx context.Context, n int32, body *io.SectionReader) (P, error)
 	// Complete publishes the object from the parts, in part-number order.
 	Complete(ctx context.Context, parts []P) error
 	// Abort discards the upload and its parts.
 	Abort(ctx context.Context) error
 }
 
-// Config bounds an upload's memory: InFlight buffers of at most the current
+// Config bounds an upload's memory: InFlight bodies of at most the current
 // part size exist at once.
 type Config struct {
 	PartSize int64 // first part size; doubles every 1000 parts
@@ -48,25 +50,31 @@ func (c Config) sizeOf(n int32) int64 {
 
 // Stream uploads everything r yields to t. On any failure, a started upload
 // is aborted (even when ctx is done) and the first error is returned, so that
-// no object becomes visible.
+// no object becomes visible. An *io.SectionReader smaller than a part goes
+// to t.Single as it is, from its start, without a copy.
 func Stream[P any](ctx context.Context, t Target[P], r io.Reader, cfg Config) error {
-	first, err := readFirst(r, cfg.sizeOf(1))
-	defer release(first)
-	if err != nil {
-		return err
-	}
-	n := len(first)
-	if n < int(cfg.sizeOf(1)) {
+	if sr, ok := r.(*io.SectionReader); ok && sr.Size() < cfg.sizeOf(1) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		return t.Single(ctx, first[:n])
+		return t.Single(ctx, io.NewSectionReader(sr, 0, sr.Size()))
+	}
+	first := new(chunks.Buffer)
+	defer first.Release()
+	if _, err := first.Fill(r, cfg.sizeOf(1)); err != nil {
+		return err
+	}
+	if first.Len() < cfg.sizeOf(1) {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return t.Single(ctx, first.Reader())
 	}
 	up, err := t.Begin(ctx)
 	if err != nil {
 		return err
 	}
-	parts, err := sendParts(ctx, up, first[:n], r, cfg)
+	parts, err := sendParts(ctx, up, first, r, cfg)
 	if err == nil {
 		err = ctx.Err()
 	}
@@ -83,22 +91,22 @@ func Stream[P any](ctx context.Context, t Target[P], r io.Reader, cfg Config) er
 	return err
 }
 
-func sendParts[P any](ctx context.Context, up Upload[P], first []byte, r io.Reader, cfg Config) ([]P, error) {
+func sendParts[P any](ctx context.Context, up Upload[P], first *chunks.Buffer, r io.Reader, cfg Config) ([]P, error) {
 	g, gctx := errgroup.WithContext(ctx)
 	sem := make(chan struct{}, max(cfg.InFlight, 1))
 	var (
 		mu    sync.Mutex
 		parts []P
 	)
-	send := func(n int32, body []byte) {
+	send := func(n int32, body *chunks.Buffer) {
 		g.Go(func() error {
 			defer func() {
 				if n > 1 { // the caller releases the first
-					release(body)
+					body.Release()
 				}
 				<-sem
 			}()
-			p, err := up.Part(gctx, n, body)
+			p, err := up.Part(gctx, n, body.Reader())
 			if err != nil {
 				return fmt.Errorf("part %d: %w", n, err)
 			}
@@ -120,24 +128,27 @@ func sendParts[P any](ctx context.Context, up Upload[P], first []byte, r io.Read
 			case <-gctx.Done():
 				return nil // Wait reports the failed part's error
 			}
-			buf := buffer(cfg.sizeOf(n))
-			m, err := io.ReadFull(r, buf)
-			last := err == io.EOF || err == io.ErrUnexpectedEOF
+			body := new(chunks.Buffer)
+			_, err := body.Fill(r, cfg.sizeOf(n))
 			switch {
-			case last && m == 0:
+			case err != nil:
+				body.Release()
+				<-sem
+				return err
+			case body.Len() == 0:
+				body.Release()
 				<-sem
 				return nil
 			case n > MaxParts:
+				body.Release()
 				<-sem
 				return fmt.Errorf("object exceeds %d parts", MaxParts)
-			case last:
-				send(n, buf[:m])
-				return nil
-			case err != nil:
-				<-sem
-				return err
 			}
-			send(n, buf)
+			last := body.Len() < cfg.sizeOf(n)
+			send(n, body)
+			if last {
+				return nil
+			}
 		}
 	}()
 	werr := g.Wait()
@@ -148,53 +159,4 @@ func sendParts[P any](ctx context.Context, up Upload[P], first []byte, r io.Read
 		return nil, werr
 	}
 	return parts, nil
-}
-
-// Part buffers are pooled by size, so that a stream of small objects (WAL
-// pieces) and the parts of a large one reuse memory instead of leaving a
-// garbage trail of multi-megabyte slices.
-var pools sync.Map // int64 → *sync.Pool of *[]byte
-
-func buffer(size int64) []byte {
-	p, _ := pools.LoadOrStore(size, &sync.Pool{})
-	if b, ok := p.(*sync.Pool).Get().(*[]byte); ok {
-		return *b
-	}
-	return make([]byte, size)
-}
-
-func release(b []byte) {
-	b = b[:cap(b)]
-	if p, ok := pools.Load(int64(len(b))); ok {
-		p.(*sync.Pool).Put(&b)
-	}
-}
-
-// firstChunk is where readFirst starts: most objects (WAL pieces, compressed
-// segments) are far smaller than a part.
-const firstChunk = 256 << 10
-
-// readFirst reads up to size bytes, growing its buffer as data comes, so
-// that a small object holds a small buffer. It returns fewer than size bytes
-// only at the end of r.
-func readFirst(r io.Reader, size int64) ([]byte, error) {
-	buf := buffer(min(firstChunk, size))
-	n := 0
-	for {
-		m, err := io.ReadFull(r, buf[n:])
-		n += m
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			return buf[:n], nil
-		}
-		if err != nil {
-			return buf[:n], err
-		}
-		if int64(n) == size {
-			return buf, nil
-		}
-		bigger := buffer(min(int64(2*len(buf)), size))
-		copy(bigger, buf)
-		release(buf)
-		buf = bigger
-	}
 }

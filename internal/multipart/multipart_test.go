@@ -27,9 +27,10 @@ type fake struct {
 	completeErr error
 }
 
-func (f *fake) Single(_ context.Context, body []byte) error {
-	f.single = bytes.Clone(body)
-	return nil
+func (f *fake) Single(_ context.Context, body *io.SectionReader) error {
+	b, err := io.ReadAll(body)
+	f.single = b
+	return err
 }
 
 func (f *fake) Begin(context.Context) (Upload[int32], error) {
@@ -38,7 +39,7 @@ func (f *fake) Begin(context.Context) (Upload[int32], error) {
 	return f, nil
 }
 
-func (f *fake) Part(ctx context.Context, n int32, body []byte) (int32, error) {
+func (f *fake) Part(ctx context.Context, n int32, body *io.SectionReader) (int32, error) {
 	cur := f.inFlight.Add(1)
 	defer f.inFlight.Add(-1)
 	for {
@@ -57,7 +58,11 @@ func (f *fake) Part(ctx context.Context, n int32, body []byte) (int32, error) {
 		return 0, err
 	}
 	f.mu.Lock()
-	f.parts[n] = bytes.Clone(body)
+	b, err := io.ReadAll(body)
+	if err != nil {
+		return 0, err
+	}
+	f.parts[n] = b
 	f.mu.Unlock()
 	return n, nil
 }

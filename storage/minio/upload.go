@@ -1,8 +1,8 @@
 package minio
 
 import (
-	"bytes"
 	"context"
+	"io"
 
 	mgo "github.com/minio/minio-go/v7"
 
@@ -23,10 +23,10 @@ var _ multipart.Target[mgo.CompletePart] = target{}
 // Payloads go unsigned (UNSIGNED-PAYLOAD): minio-go's chunk-signed streaming
 // halves throughput and doubles memory, while TLS protects the bytes in
 // transit and every object carries its own sha256 (storage/codec).
-func (t target) Single(ctx context.Context, body []byte) error {
+func (t target) Single(ctx context.Context, body *io.SectionReader) error {
 	opts := t.opts
 	opts.DisableContentSha256 = true
-	_, err := t.s.client.PutObject(ctx, t.s.bucket, t.key, bytes.NewReader(body), int64(len(body)), "", "", opts)
+	_, err := t.s.client.PutObject(ctx, t.s.bucket, t.key, body, body.Size(), "", "", opts)
 	return err
 }
 
@@ -43,8 +43,8 @@ type upload struct {
 	id string
 }
 
-func (u upload) Part(ctx context.Context, n int32, body []byte) (mgo.CompletePart, error) {
-	p, err := u.s.client.PutObjectPart(ctx, u.s.bucket, u.key, u.id, int(n), bytes.NewReader(body), int64(len(body)), mgo.PutObjectPartOptions{DisableContentSha256: true})
+func (u upload) Part(ctx context.Context, n int32, body *io.SectionReader) (mgo.CompletePart, error) {
+	p, err := u.s.client.PutObjectPart(ctx, u.s.bucket, u.key, u.id, int(n), body, body.Size(), mgo.PutObjectPartOptions{DisableContentSha256: true})
 	if err != nil {
 		return mgo.CompletePart{}, err
 	}

@@ -1,8 +1,8 @@
 package s3
 
 import (
-	"bytes"
 	"context"
+	"io"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
@@ -20,12 +20,12 @@ type target struct {
 
 var _ multipart.Target[types.CompletedPart] = target{}
 
-func (t target) Single(ctx context.Context, body []byte) error {
+func (t target) Single(ctx context.Context, body *io.SectionReader) error {
 	_, err := t.s.client.PutObject(ctx, &awss3.PutObjectInput{
 		Bucket:        &t.s.bucket,
 		Key:           &t.key,
-		Body:          bytes.NewReader(body),
-		ContentLength: aws.Int64(int64(len(body))),
+		Body:          body,
+		ContentLength: aws.Int64(body.Size()),
 		IfNoneMatch:   t.ifNoneMatch,
 	})
 	return translate(err)
@@ -48,14 +48,14 @@ type upload struct {
 	id *string
 }
 
-func (u upload) Part(ctx context.Context, n int32, body []byte) (types.CompletedPart, error) {
+func (u upload) Part(ctx context.Context, n int32, body *io.SectionReader) (types.CompletedPart, error) {
 	in := &awss3.UploadPartInput{
 		Bucket:        &u.s.bucket,
 		Key:           &u.key,
 		UploadId:      u.id,
 		PartNumber:    aws.Int32(n),
-		Body:          bytes.NewReader(body),
-		ContentLength: aws.Int64(int64(len(body))),
+		Body:          body,
+		ContentLength: aws.Int64(body.Size()),
 	}
 	if u.s.checksum == ChecksumWhenSupported {
 		in.ChecksumAlgorithm = types.ChecksumAlgorithmCrc32
