@@ -16,10 +16,11 @@ type Extent struct {
 	Last     uint64 // newest complete segment
 	Segments int    // complete segments
 	Missing  []SegmentRange
-	Accepted []uint64 // segments where WAL resumed after an accepted gap
-	TipEnd   wal.LSN  // end of the contiguous pieces after Last, 0 if none
-	Partial  bool     // the timeline ended: its last segment is kept as a partial
-	Stray    []string // keys under wal/ that walship did not write
+	Accepted []uint64       // segments where WAL resumed after an accepted gap
+	Lost     []SegmentRange // the segments before an accepted gap: absent for good
+	TipEnd   wal.LSN        // end of the contiguous pieces after Last, 0 if none
+	Partial  bool           // the timeline ended: its last segment is kept as a partial
+	Stray    []string       // keys under wal/ that walship did not write
 	// Newest is when the timeline's newest WAL object was stored.
 	Newest     time.Time
 	segmentNos []uint64
@@ -88,8 +89,13 @@ func (r *Repo) WALExtents(ctx context.Context, segSize uint64) ([]Extent, error)
 		if len(nos) > 0 {
 			e.First, e.Last = nos[0], nos[len(nos)-1]
 			for i := 1; i < len(nos); i++ {
-				if nos[i] != nos[i-1]+1 && !slices.Contains(e.Accepted, nos[i]) {
-					e.Missing = append(e.Missing, SegmentRange{nos[i-1] + 1, nos[i] - 1})
+				if nos[i] != nos[i-1]+1 {
+					r := SegmentRange{nos[i-1] + 1, nos[i] - 1}
+					if slices.Contains(e.Accepted, nos[i]) {
+						e.Lost = append(e.Lost, r)
+					} else {
+						e.Missing = append(e.Missing, r)
+					}
 				}
 			}
 		}

@@ -1,0 +1,16 @@
+// Package walrec reads PostgreSQL WAL as it streams in and reports the records
+// a point-in-time restore needs: commits and aborts with their times, restore
+// points, promotions and the ends of online backups.
+//
+// WAL, PostgreSQL 14 to 18, little-endian, as PostgreSQL writes it: segments
+// of pages, each page opening with a header (24 bytes, 40 on a segment's
+// first page, which also gives the page and segment sizes and the system
+// identifier). Records start 8-byte aligned and run across pages and
+// segments; a page whose data continues a record says so
+// (XLP_FIRST_IS_CONTRECORD) with the count of bytes still to come. A record
+// is a 24-byte header (total length, xid, previous record's LSN, info, resource
+// manager, CRC-32C), then block-reference headers, then block images and data,
+// then the main data. The reader walks the headers of every record but
+// assembles, CRC-checks and decodes only those it reports, and it streams even
+// those: memory stays the same whatever the size of a record.
+package walrec
