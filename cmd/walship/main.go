@@ -121,6 +121,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			e.backupCommand(),
 			e.listCommand(),
 			e.pruneCommand(),
+			e.restoreCommand(),
 			e.walPushCommand(), e.walFetchCommand(),
 		},
 	}

@@ -1,0 +1,185 @@
+package restore
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walship/walship/internal/clitest"
+	"github.com/walship/walship/internal/pgtest"
+)
+
+// marker is the state of the primary right after one committed step: the
+// targets that name that moment, and what a restore to it must hold.
+type marker struct {
+	n      int
+	time   string // clock_timestamp() after the commit
+	lsn    string // pg_current_wal_insert_lsn() after the commit
+	xid    string // the step's transaction
+	name   string // a restore point made after the commit
+	digest string
+}
+
+// TestRestoreTargets is the status-row oracle: during a write load it
+// records, per step, a marker row and the moment's time, LSN, xid and
+// restore point; `walship restore` to each target must come up with exactly
+// the markers up to it and the data digest the primary had then. Two
+// backups bracket the steps, so that planning has to choose.
+func TestRestoreTargets(t *testing.T) {
+	bin := clitest.Binary(t)
+	repoURL := "file://" + filepath.Join(pgtest.MkdirOwned(t), "repo")
+	c := pgtest.Start(t, pgtest.Options{Version: 16})
+	c.Exec(t, "CREATE TABLE marker (n int PRIMARY KEY)")
+	c.Exec(t, "CREATE TABLE data (id int PRIMARY KEY, v text)")
+	arch := startArchiver(t, bin, repoURL, c)
+	waitFor(t, time.Minute, "the archiver to stream", func() bool {
+		return c.Scalar(t, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walship'") == "1"
+	})
+	digest := func(c *pgtest.Cluster) string {
+		return c.Scalar(t, "SELECT (SELECT coalesce(string_agg(n::text, ',' ORDER BY n), '') FROM marker) || ' ' || (SELECT count(*) || ':' || md5(coalesce(string_agg(id::text || v, ',' ORDER BY id), '')) FROM data)")
+	}
+	var markers []marker
+	step := func(n int) {
+		// One transaction writes the marker and rewrites rows that every
+		// step rewrites, so that a restore to the wrong point shows in the
+		// digest too.
+		m := marker{n: n}
+		m.xid = c.Scalar(t, `WITH d AS (
+				INSERT INTO data SELECT g, md5(g::text || $1::text) FROM generate_series(1, 2000) g
+				ON CONFLICT (id) DO UPDATE SET v = excluded.v RETURNING 1)
+			INSERT INTO marker SELECT $1::int FROM (SELECT count(*) FROM d) x RETURNING pg_current_xact_id()::text`, strconv.Itoa(n))
+		m.time = c.Scalar(t, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+		m.lsn = c.Scalar(t, "SELECT pg_current_wal_insert_lsn()::text")
+		m.name = fmt.Sprintf("rp%d", n)
+		c.Scalar(t, "SELECT pg_create_restore_point($1)::text", m.name)
+		m.digest = digest(c)
+		markers = append(markers, m)
+		time.Sleep(20 * time.Millisecond) // distinct commit times
+	}
+	backup := func() string {
+		cmd := exec.Command(bin, "--repo", repoURL, "backup", "--fast", "--pg", c.ConnString())
+		cmd.Dir = "/"
+		pgtest.RunAs(t, cmd)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("walship backup: %v", err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	b1 := backup()
+	for n := 1; n <= 3; n++ {
+		step(n)
+	}
+	b2 := backup()
+	for n := 4; n <= 6; n++ {
+		step(n)
+	}
+	final := digest(c)
+	flushed := c.Scalar(t, "SELECT pg_current_wal_flush_lsn()")
+	waitFor(t, time.Minute, "the archiver to store everything", func() bool {
+		return c.Scalar(t, "SELECT coalesce(bool_or(flush_lsn >= $1::pg_lsn), false) FROM pg_stat_replication WHERE application_name = 'walship'", flushed) == "t"
+	})
+	c.Stop(t)
+	arch.stop(t)
+
+	restoreTo := func(t *testing.T, args ...string) (string, string, error) {
+		dir := filepath.Join(pgtest.MkdirOwned(t), "data")
+		cmd := exec.Command(bin, append([]string{"--repo", repoURL, "restore", "--target-dir", dir}, args...)...)
+		cmd.Dir = "/"
+		pgtest.RunAs(t, cmd)
+		out, err := cmd.CombinedOutput()
+		return dir, string(out), err
+	}
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		want   string // digest
+		backup string
+	}{
+		{"latest", nil, final, b2},
+		{"immediate", []string{"--to-immediate"}, markers[2].digest, b2},
+		{"time in the first backup's span", []string{"--to-time", markers[1].time}, markers[1].digest, b1},
+		{"time after the second backup", []string{"--to-time", markers[4].time}, markers[4].digest, b2},
+		{"lsn", []string{"--to-lsn", markers[3].lsn}, markers[3].digest, b2},
+		{"xid", []string{"--to-xid", markers[0].xid}, markers[0].digest, ""},
+		{"xid exclusive", []string{"--to-xid", markers[5].xid, "--exclusive"}, markers[4].digest, ""},
+		{"restore point", []string{"--to-name", markers[2].name}, markers[2].digest, ""},
+		{"chosen backup", []string{"--backup", b1, "--to-lsn", markers[4].lsn}, markers[4].digest, b1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, out, err := restoreTo(t, tc.args...)
+			if err != nil {
+				t.Fatalf("walship restore %q: %v\n%s", tc.args, err, out)
+			}
+			if tc.backup != "" && !strings.Contains(out, "backup    "+tc.backup) {
+				t.Errorf("restored a backup other than %s:\n%s", tc.backup, out)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "backup_manifest")); err != nil {
+				t.Errorf("backup_manifest not kept: %v", err)
+			}
+			r := pgtest.StartDataDir(t, dir, pgtest.Options{Version: 16})
+			waitFor(t, time.Minute, "promotion", func() bool { return r.Scalar(t, "SELECT pg_is_in_recovery()") == "f" })
+			if got := digest(r); got != tc.want {
+				t.Errorf("restored %s\nwant     %s", got, tc.want)
+			}
+			if got := r.Scalar(t, "SHOW archive_mode"); got != "off" {
+				t.Errorf("archive_mode %s on the restored node, want off", got)
+			}
+		})
+	}
+	t.Run("refusals", func(t *testing.T) {
+		before := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
+		dir, out, err := restoreTo(t, "--to-time", before)
+		if code := exitCode(err); code != 1 || !strings.Contains(out, "outside the recoverable window") {
+			t.Errorf("a time before every backup: exit %d, output:\n%s", code, out)
+		}
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("a refused restore created %s (%v)", dir, err)
+		}
+		for _, args := range [][]string{
+			{"--to-time", "2026-11-28 10:00:00"}, // no zone
+			{"--to-lsn", "nope"},
+			{"--to-xid", "1"},
+			{"--to-lsn", "0/1", "--to-xid", "5"},
+			{"--target-action", "explode"},
+			{"--to-immediate", "--exclusive"},
+			{"--tablespace-map", "nothing"},
+		} {
+			_, out, err := restoreTo(t, args...)
+			if code := exitCode(err); code != 2 {
+				t.Errorf("restore %q: exit %d, want 2 (usage); output:\n%s", args, code, out)
+			}
+		}
+		// A directory that is not empty.
+		full := pgtest.MkdirOwned(t)
+		if err := os.WriteFile(filepath.Join(full, "keep"), []byte("mine"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		pgtest.Own(t, full)
+		cmd := exec.Command(bin, "--repo", repoURL, "restore", "--target-dir", full)
+		pgtest.RunAs(t, cmd)
+		out2, err := cmd.CombinedOutput()
+		if code := exitCode(err); code != 1 || !strings.Contains(string(out2), "is not empty") {
+			t.Errorf("restore into a directory that is not empty: exit %d:\n%s", code, out2)
+		}
+		if b, err := os.ReadFile(filepath.Join(full, "keep")); err != nil || string(b) != "mine" {
+			t.Errorf("the existing file was touched: %q, %v", b, err)
+		}
+	})
+}
+
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	return -1
+}
+
