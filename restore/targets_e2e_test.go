@@ -182,4 +182,3 @@ func exitCode(err error) int {
 	}
 	return -1
 }
-
