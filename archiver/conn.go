@@ -193,3 +193,19 @@ func sendStatus(conn *pgconn.PgConn, received, durable wal.LSN, replyRequested b
 	}
 	return conn.Frontend().SendUnbufferedEncodedCopyData(msg)
 }
+
+// CreateSlot makes sure the physical replication slot name exists on the
+// server connString names, created with RESERVE_WAL so that it holds WAL
+// from now on, as a standby's primary_slot_name needs. It reports whether it
+// created the slot.
+func CreateSlot(ctx context.Context, connString, name string) (bool, error) {
+	if err := ValidSlotName(name); err != nil {
+		return false, err
+	}
+	conn, err := connect(ctx, connString, "walship")
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return ensureSlot(ctx, conn, name)
+}

@@ -215,8 +215,8 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-// emptyWALDir makes sure dir/pg_wal exists, holds nothing but an empty
-// archive_status, as recovery expects.
+// emptyWALDir makes sure dir/pg_wal exists with archive_status and holds no
+// WAL, as recovery expects.
 func emptyWALDir(dir string) error {
 	walDir := filepath.Join(dir, "pg_wal")
 	entries, err := os.ReadDir(walDir)
@@ -228,10 +228,10 @@ func emptyWALDir(dir string) error {
 		return err
 	}
 	for _, e := range entries {
-		if e.Name() == "archive_status" && e.IsDir() {
+		if e.IsDir() { // archive_status, and summaries from 17 on
 			continue
 		}
-		return fmt.Errorf("the backup's pg_wal holds %s; a restored pg_wal must be empty", e.Name())
+		return fmt.Errorf("the backup's pg_wal holds %s; a restored pg_wal must hold no WAL", e.Name())
 	}
 	if err := os.Mkdir(filepath.Join(walDir, "archive_status"), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err

@@ -70,8 +70,17 @@ func Restore(ctx context.Context, repo *catalog.Repo, opts Options) (Plan, error
 	log.Info("restoring", slog.String("backup", plan.Backup.ID), slog.String("target", opts.Target.Kind.String()),
 		slog.Any("timeline", plan.Timeline), slog.String("stop", plan.Stop.String()), slog.String("dir", opts.Dir))
 	rec := opts.Recovery
-	rec.Target, rec.Timeline = opts.Target, plan.Timeline
-	if rec.Comment == "" {
+	rec.Target = opts.Target
+	if !rec.Standby {
+		// Explicit, so that a stray higher timeline cannot lure recovery
+		// away; a standby follows the newest, as failovers need.
+		rec.Timeline = plan.Timeline
+	}
+	switch {
+	case rec.Comment != "":
+	case rec.Standby:
+		rec.Comment = fmt.Sprintf("a standby seeded from backup %s", plan.Backup.ID)
+	default:
 		rec.Comment = fmt.Sprintf("backup %s, target %s", plan.Backup.ID, describeTarget(opts.Target))
 	}
 	err = ExtractBackup(ctx, repo, plan.Backup, opts.Dir, tablespaces)

@@ -122,6 +122,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			e.listCommand(),
 			e.pruneCommand(),
 			e.restoreCommand(),
+			e.replicaCommand(),
 			e.walPushCommand(), e.walFetchCommand(),
 		},
 	}

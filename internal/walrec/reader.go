@@ -129,7 +129,7 @@ type record struct {
 // fed from start, which must be a segment start. A record that continues
 // from the segment before start is skipped.
 func NewReader(start wal.LSN, segSize uint64) *Reader {
-	r := &Reader{segSize: segSize, pos: start, cold: true, pageNeed: longPageHeader}
+	r := newReader(start, segSize)
 	switch {
 	case !wal.ValidSegmentSize(segSize):
 		r.err = fmt.Errorf("walrec: segment size %d: want a power of two from 1 MB to 1 GB, as initdb --wal-segsize sets", segSize)
@@ -137,6 +137,12 @@ func NewReader(start wal.LSN, segSize uint64) *Reader {
 		r.err = fmt.Errorf("walrec: start %s is not a segment start; begin at %s", start, wal.LSN(uint64(start)/segSize*segSize))
 	}
 	return r
+}
+
+// newReader is NewReader without its checks, for tests of segments smaller
+// than PostgreSQL allows.
+func newReader(start wal.LSN, segSize uint64) *Reader {
+	return &Reader{segSize: segSize, pos: start, cold: true, pageNeed: longPageHeader}
 }
 
 // Pos returns the LSN just past the bytes written so far.

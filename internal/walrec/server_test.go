@@ -98,6 +98,7 @@ func workload(t *testing.T, c *pgtest.Cluster) facts {
 
 	f.start = lsn("SELECT pg_current_wal_lsn()::text")
 	exec("CREATE TABLE t (id int PRIMARY KEY, v text)")
+	exec("SELECT pg_switch_wal()") // the small transactions begin a segment, for FuzzReader's seeds
 	for i := range 200 {
 		f.committed[inTx("COMMIT", fmt.Sprintf("INSERT INTO t VALUES (%d, 'small')", i))] = true
 	}
@@ -109,6 +110,7 @@ func workload(t *testing.T, c *pgtest.Cluster) facts {
 	f.committed[inTx("COMMIT", "INSERT INTO t SELECT g, repeat('big', 70) FROM generate_series(10000, 20000) g")] = true
 	exec("SELECT pg_logical_emit_message(false, 'walrec', repeat('larger than a segment ', 120000))")
 	f.committed[inTx("COMMIT", manyTables("CREATE TABLE"))] = true
+	exec("SELECT pg_switch_wal()")
 	for _, s := range []struct{ end, gid, sql string }{
 		{"COMMIT PREPARED 'p1'", "p1", "INSERT INTO t VALUES (3000, 'prepared')"},
 		{"COMMIT PREPARED 'drop'", "drop", manyTables("DROP TABLE")},

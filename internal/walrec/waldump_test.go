@@ -26,6 +26,9 @@ func TestWaldump(t *testing.T) {
 	compareWaldump(t, waldump(t, paths), seen, events)
 	checkFacts(t, f, events)
 	t.Logf("%d records, %d events in %d bytes of WAL from %s", len(seen), len(events), len(data), start)
+	if *update {
+		writeSeeds(t, start, data, events)
+	}
 }
 
 // TestPromotion promotes a standby of a PostgreSQL 15 server and reads the

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"path/filepath"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/walship/walship/archiver"
+	"github.com/walship/walship/restore"
+)
+
+func (e *env) replicaCommand() *cli.Command {
+	flags := append([]cli.Flag{
+		&cli.StringFlag{Name: "target-dir", EnvVars: []string{"WALSHIP_TARGET_DIR"}, Required: true, TakesFile: true, Usage: "the data `DIR` to create: empty or absent"},
+		&cli.StringFlag{Name: "primary-conninfo", EnvVars: []string{"WALSHIP_PRIMARY_CONNINFO"}, Required: true, Usage: "primary_conninfo: how the standby reaches the primary (`CONNSTR`, libpq keyword/value; keep the password in the standby user's .pgpass)"},
+		&cli.StringFlag{Name: "slot", EnvVars: []string{"WALSHIP_REPLICA_SLOT"}, Usage: "primary_slot_name: the physical `SLOT` the standby streams from"},
+		&cli.BoolFlag{Name: "create-slot", EnvVars: []string{"WALSHIP_CREATE_SLOT"}, Usage: "create --slot on the primary (RESERVE_WAL) through --primary-conninfo if it does not exist"},
+		&cli.StringFlag{Name: "backup", EnvVars: []string{"WALSHIP_BACKUP"}, Usage: "seed from backup `ID` instead of the newest"},
+		&cli.StringSliceFlag{Name: "tablespace-map", EnvVars: []string{"WALSHIP_TABLESPACE_MAP"}, Usage: "restore a tablespace elsewhere: `OLD=NEW`, as for restore"},
+	}, repoFlags()...)
+	return &cli.Command{
+		Name:  "replica",
+		Usage: "seed a streaming standby from the repository",
+		Description: "Restores the newest backup (of the timeline with the newest WAL) into --target-dir and configures\n" +
+			"it as a standby: standby.signal, primary_conninfo, primary_slot_name, recovery_target_timeline =\n" +
+			"'latest', and a restore_command that runs this walship, so that the standby catches up from the\n" +
+			"repository and then streams from the primary:\n\n" +
+			"  walship --repo s3://bucket/pg replica --target-dir /var/lib/postgresql/16/main \\\n" +
+			"      --primary-conninfo 'host=primary user=replicator application_name=standby1' --slot standby1 --create-slot",
+		Flags: flags,
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return usageError{err}
+		},
+		Action: func(c *cli.Context) error {
+			dir, err := filepath.Abs(c.String("target-dir"))
+			if err != nil {
+				return usagef("--target-dir: %v", err)
+			}
+			slot := c.String("slot")
+			if slot != "" {
+				if err := archiver.ValidSlotName(slot); err != nil {
+					return usagef("--slot %q: %v", slot, err)
+				}
+			}
+			if c.Bool("create-slot") && slot == "" {
+				return usagef("--create-slot needs --slot")
+			}
+			tablespaces := map[string]string{}
+			for _, m := range c.StringSlice("tablespace-map") {
+				old, dst, ok := strings.Cut(m, "=")
+				if !ok || old == "" || dst == "" {
+					return usagef("--tablespace-map %q: want OLD=NEW, OLD a tablespace's OID or original location", m)
+				}
+				tablespaces[old] = dst
+			}
+			cmd, err := restoreCommand(c)
+			if err != nil {
+				return err
+			}
+			repo, err := openCatalog(c)
+			if err != nil {
+				return err
+			}
+			if c.Bool("create-slot") {
+				created, err := archiver.CreateSlot(c.Context, c.String("primary-conninfo"), slot)
+				if err != nil {
+					return err
+				}
+				if created {
+					e.log.Info("created replication slot on the primary", "slot", slot)
+				}
+			}
+			plan, err := restore.Restore(c.Context, repo, restore.Options{
+				Dir:         dir,
+				Target:      restore.Target{Kind: restore.Immediate, Backup: c.String("backup")},
+				Tablespaces: tablespaces,
+				Recovery: restore.Recovery{
+					RestoreCommand:  cmd,
+					Standby:         true,
+					PrimaryConnInfo: c.String("primary-conninfo"),
+					PrimarySlot:     slot,
+				},
+				Log: e.log,
+			})
+			if err != nil {
+				return err
+			}
+			printPlan(c.App.Writer, plan, dir)
+			return nil
+		},
+	}
+}
