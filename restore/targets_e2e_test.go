@@ -1,7 +1,9 @@
 package restore
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/walship/walship/internal/clitest"
 	"github.com/walship/walship/internal/pgtest"
@@ -34,6 +38,12 @@ func TestRestoreTargets(t *testing.T) {
 	bin := clitest.Binary(t)
 	repoURL := "file://" + filepath.Join(pgtest.MkdirOwned(t), "repo")
 	c := pgtest.Start(t, pgtest.Options{Version: 16})
+	// The restored node's own configuration, for restore --start
+	// --keep-running: a port of its own and a socket directory it can use.
+	ownPort := freeTCPPort(t)
+	if err := appendConf(filepath.Join(c.DataDir(), "postgresql.conf"), fmt.Sprintf("port = %d\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '/tmp'\n", ownPort)); err != nil {
+		t.Fatal(err)
+	}
 	c.Exec(t, "CREATE TABLE marker (n int PRIMARY KEY)")
 	c.Exec(t, "CREATE TABLE data (id int PRIMARY KEY, v text)")
 	arch := startArchiver(t, bin, repoURL, c)
@@ -132,6 +142,60 @@ func TestRestoreTargets(t *testing.T) {
 			}
 		})
 	}
+	t.Run("start", func(t *testing.T) {
+		dir, out, err := restoreTo(t, "--to-time", markers[3].time, "--start", "--pg-bin", c.BinDir())
+		if err != nil {
+			t.Fatalf("restore --start: %v\n%s", err, out)
+		}
+		if !strings.Contains(out, "on timeline 2") || !strings.Contains(out, "last transaction replayed at") || !strings.Contains(out, "server stopped") {
+			t.Errorf("restore --start reported:\n%s", out)
+		}
+		r := pgtest.StartDataDir(t, dir, pgtest.Options{Version: 16})
+		if got := r.Scalar(t, "SELECT pg_is_in_recovery()"); got != "f" {
+			t.Errorf("after restore --start the node is still in recovery")
+		}
+		if got := digest(r); got != markers[3].digest {
+			t.Errorf("restored %s\nwant     %s", got, markers[3].digest)
+		}
+	})
+	t.Run("start paused, kept running", func(t *testing.T) {
+		dir, out, err := restoreTo(t, "--to-name", markers[4].name, "--target-action", "pause", "--start", "--keep-running", "--pg-bin", c.BinDir())
+		stopKept := func() {
+			cmd := exec.Command(filepath.Join(c.BinDir(), "pg_ctl"), "-D", dir, "-m", "immediate", "stop")
+			pgtest.RunAs(t, cmd)
+			_ = cmd.Run()
+		}
+		t.Cleanup(stopKept)
+		if err != nil {
+			t.Fatalf("restore --start --keep-running: %v\n%s", err, out)
+		}
+		if !strings.Contains(out, "on timeline 1") || !strings.Contains(out, "server running") {
+			t.Errorf("restore --start --keep-running reported:\n%s", out)
+		}
+		conn, err := pgx.Connect(t.Context(), fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres", ownPort))
+		if err != nil {
+			t.Fatalf("connect to the kept server: %v", err)
+		}
+		defer conn.Close(context.Background())
+		var inRecovery bool
+		var got string
+		if err := conn.QueryRow(t.Context(), "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil || !inRecovery {
+			t.Errorf("the kept server: in recovery %v (%v), want paused in recovery", inRecovery, err)
+		}
+		if err := conn.QueryRow(t.Context(), "SELECT coalesce(string_agg(n::text, ',' ORDER BY n), '') FROM marker").Scan(&got); err != nil || got != "1,2,3,4,5" {
+			t.Errorf("markers on the paused server %q (%v), want 1-5", got, err)
+		}
+	})
+	t.Run("start as root", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "data")
+		out, err := exec.Command(bin, "--repo", repoURL, "restore", "--target-dir", dir, "--start").CombinedOutput()
+		if code := exitCode(err); code != 2 || !strings.Contains(string(out), "refuses to run as root") {
+			t.Errorf("restore --start as root: exit %d:\n%s", code, out)
+		}
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("restore --start as root wrote %s", dir)
+		}
+	})
 	t.Run("refusals", func(t *testing.T) {
 		before := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
 		dir, out, err := restoreTo(t, "--to-time", before)
@@ -181,4 +245,25 @@ func exitCode(err error) int {
 		return ee.ExitCode()
 	}
 	return -1
+}
+
+func freeTCPPort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func appendConf(path, text string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(text); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -29,6 +30,9 @@ func (e *env) restoreCommand() *cli.Command {
 		&cli.StringSliceFlag{Name: "tablespace-map", EnvVars: []string{"WALSHIP_TABLESPACE_MAP"}, Usage: "restore a tablespace elsewhere: `OLD=NEW`, OLD its OID or original location, NEW an empty or absent absolute directory; repeat it"},
 		&cli.BoolFlag{Name: "keep-archiving", EnvVars: []string{"WALSHIP_KEEP_ARCHIVING"}, Usage: "keep the source's archive settings (by default the restored node does not archive, so it never writes into the source's repository)"},
 		&cli.BoolFlag{Name: "dry-run", Usage: "print the plan and change nothing"},
+		&cli.BoolFlag{Name: "start", EnvVars: []string{"WALSHIP_START"}, Usage: "run PostgreSQL until recovery reaches the target and report where it ended (not as root)"},
+		&cli.StringFlag{Name: "pg-bin", EnvVars: []string{"WALSHIP_PG_BIN"}, TakesFile: true, Usage: "`DIR` of the PostgreSQL binaries for --start (default: PATH)"},
+		&cli.BoolFlag{Name: "keep-running", EnvVars: []string{"WALSHIP_KEEP_RUNNING"}, Usage: "with --start, leave the server running on its own configuration (default: stop it once recovered)"},
 	}, repoFlags()...)
 	return &cli.Command{
 		Name:  "restore",
@@ -61,6 +65,15 @@ func (e *env) restoreCommand() *cli.Command {
 					return usagef("--tablespace-map %q: want OLD=NEW, OLD a tablespace's OID or original location", m)
 				}
 				tablespaces[old] = dst
+			}
+			if c.Bool("keep-running") && !c.Bool("start") {
+				return usagef("--keep-running needs --start")
+			}
+			if c.Bool("start") && c.Bool("dry-run") {
+				return usagef("--start and --dry-run: choose one")
+			}
+			if c.Bool("start") && os.Geteuid() == 0 {
+				return usagef("--start: PostgreSQL refuses to run as root; run walship as the user that will own %s (sudo -u postgres walship ...), or leave out --start", c.String("target-dir"))
 			}
 			action := c.String("target-action")
 			switch action {
@@ -99,12 +112,34 @@ func (e *env) restoreCommand() *cli.Command {
 				return err
 			}
 			printPlan(c.App.Writer, plan, dir)
+			if !c.Bool("start") {
+				return nil
+			}
+			out, err := restore.Start(c.Context, restore.StartOptions{
+				Dir: dir, BinDir: c.String("pg-bin"), Action: action, KeepRunning: c.Bool("keep-running"), Log: e.log,
+			})
+			if err != nil {
+				return err
+			}
+			printOutcome(c.App.Writer, out)
 			return nil
 		},
 	}
 }
 
-func printPlan(w interface{ Write([]byte) (int, error) }, p restore.Plan, dir string) {
+func printOutcome(w io.Writer, o restore.Outcome) {
+	fmt.Fprintf(w, "recovered to %s on timeline %d\n", o.LSN, o.Timeline)
+	if !o.Time.IsZero() {
+		fmt.Fprintf(w, "last transaction replayed at %s\n", o.Time.Format(time.RFC3339Nano))
+	}
+	if o.Running {
+		fmt.Fprintln(w, "server running")
+	} else {
+		fmt.Fprintln(w, "server stopped")
+	}
+}
+
+func printPlan(w io.Writer, p restore.Plan, dir string) {
 	fmt.Fprintf(w, "backup    %s (ends at %s on timeline %d)\n", p.Backup.ID, p.Backup.EndLSN, p.Backup.EndTLI)
 	fmt.Fprintf(w, "timeline  %d\n", p.Timeline)
 	fmt.Fprintf(w, "stop      %s\n", p.Stop)
