@@ -408,9 +408,20 @@ func pathEnd(inv Inventory, path []Step) wal.LSN {
 }
 
 // checkWAL checks that every segment recovery reads from from to end along
-// path is stored. Recovery reads the segment holding a switch point from
-// the new timeline.
+// path is stored.
 func checkWAL(inv Inventory, path []Step, from, end wal.LSN) error {
+	seg, ok := missingSegment(inv, path, from, end)
+	if !ok {
+		return nil
+	}
+	segSize := inv.SegmentSize
+	return fmt.Errorf("WAL segment %s, which recovery to %s needs, is not in the repository; recovery would end there early. Choose a target before %s (--to-lsn), or check the archiver (walship list shows the gaps)", seg.Name(segSize), end, seg.Start(segSize))
+}
+
+// missingSegment is the first segment recovery from from to end along path
+// needs that is not stored. Recovery reads the segment holding a switch
+// point from the new timeline.
+func missingSegment(inv Inventory, path []Step, from, end wal.LSN) (wal.Segment, bool) {
 	segSize := inv.SegmentSize
 	for i, s := range path {
 		first := uint64(max(from, s.Begin)) / segSize
@@ -419,23 +430,22 @@ func checkWAL(inv Inventory, path []Step, from, end wal.LSN) error {
 			last-- // end is exclusive
 		}
 		if i+1 < len(path) {
-			last = min(last, uint64(path[i+1].Begin)/segSize-1)
 			if uint64(path[i+1].Begin)/segSize == 0 {
 				continue
 			}
+			last = min(last, uint64(path[i+1].Begin)/segSize-1)
 		}
 		if first > last {
 			continue
 		}
 		e, _ := extentOf(inv, s.TLI)
 		for no := first; no <= last; no++ {
-			if !hasSegment(e, no, inv.SegmentSize) {
-				seg := wal.Segment{TLI: s.TLI, No: no}
-				return fmt.Errorf("WAL segment %s, which recovery to %s needs, is not in the repository; recovery would end there early. Choose a target before %s (--to-lsn), or check the archiver (walship list shows the gaps)", seg.Name(segSize), end, seg.Start(segSize))
+			if !hasSegment(e, no, segSize) {
+				return wal.Segment{TLI: s.TLI, No: no}, true
 			}
 		}
 	}
-	return nil
+	return wal.Segment{}, false
 }
 
 // hasSegment tells whether segment no of e's timeline is stored, whole or,

@@ -16,6 +16,9 @@ import (
 
 	"github.com/walship/walship/internal/clitest"
 	"github.com/walship/walship/internal/pgtest"
+	"github.com/walship/walship/internal/wal"
+	"github.com/walship/walship/storage/catalog"
+	"github.com/walship/walship/storage/file"
 )
 
 // marker is the state of the primary right after one committed step: the
@@ -196,6 +199,97 @@ func TestRestoreTargets(t *testing.T) {
 			t.Errorf("restore --start as root wrote %s", dir)
 		}
 	})
+	t.Run("verify and damage", func(t *testing.T) {
+		run := func(repo string, args ...string) (string, int) {
+			cmd := exec.Command(bin, append([]string{"--repo", repo}, args...)...)
+			pgtest.RunAs(t, cmd)
+			out, err := cmd.CombinedOutput()
+			return string(out), exitCode(err)
+		}
+		if out, code := run(repoURL, "verify"); code != 0 || !strings.Contains(out, "verified") || strings.Contains(out, "PROBLEM") {
+			t.Fatalf("verify of a sound repository: exit %d:\n%s", code, out)
+		}
+		// A damaged copy: a segment that only recovery from b1 reads gets
+		// a flipped byte, another one goes missing, and b2's base.tar is
+		// cut short.
+		src := strings.TrimPrefix(repoURL, "file://")
+		dst := filepath.Join(pgtest.MkdirOwned(t), "damaged")
+		if out, err := exec.Command("cp", "-a", src, dst).CombinedOutput(); err != nil {
+			t.Fatalf("copy the repository: %v\n%s", err, out)
+		}
+		damaged := "file://" + dst
+		repo := openFileRepo(t, dst)
+		bk1, err := repo.ReadBackup(t.Context(), b1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bk2, err := repo.ReadBackup(t.Context(), b2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := wal.SegmentOf(1, bk2.StartLSN, 1<<20)
+		before.No--
+		corrupt := catalog.SegmentKey(before, 1<<20)
+		flipByte(t, repo.Store(), corrupt, 1<<30)
+		gone := before
+		gone.No = (uint64(bk1.EndLSN) >> 20) + 1
+		if gone.No >= before.No {
+			t.Fatalf("no segment between b1's end %s and %s", bk1.EndLSN, corrupt)
+		}
+		goneKey := catalog.SegmentKey(gone, 1<<20)
+		if err := os.Remove(filepath.Join(dst, goneKey)); err != nil {
+			t.Fatal(err)
+		}
+		base2 := catalog.BackupObjectKey(b2, "base.tar")
+		if err := os.Truncate(filepath.Join(dst, base2), 4096); err != nil {
+			t.Fatal(err)
+		}
+		pgtest.Own(t, dst)
+		out, code := run(damaged, "verify")
+		if strings.Contains(out, "permission denied") {
+			t.Fatalf("verify could not read the damaged copy:\n%s", out)
+		}
+		t.Logf("verify of the damaged copy:\n%s", out)
+		if code != 1 {
+			t.Errorf("verify of a damaged repository: exit %d, want 1:\n%s", code, out)
+		}
+		for _, want := range []string{
+			"PROBLEM " + corrupt + ": ",
+			"PROBLEM " + goneKey + ": missing; backup " + b1 + " recovers along timeline 1 only up to",
+			"PROBLEM " + base2 + ": ",
+			"backup " + b2 + " cannot be restored",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("verify output lacks %q:\n%s", want, out)
+			}
+		}
+		// Restore refuses b1 across the missing segment before any
+		// download, and fails loudly on b2's damaged archive, leaving
+		// nothing behind.
+		for _, args := range [][]string{{"--backup", b1}, {"--backup", b2}} {
+			dir := filepath.Join(pgtest.MkdirOwned(t), "data")
+			out, code := run(damaged, append([]string{"restore", "--target-dir", dir}, args...)...)
+			if code != 1 {
+				t.Errorf("restore %q from the damaged repository: exit %d:\n%s", args, code, out)
+			}
+			if entries, _ := os.ReadDir(dir); len(entries) > 0 {
+				t.Errorf("restore %q left %d entries in %s", args, len(entries), dir)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(dst, goneKey)); !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		// With the missing segment back, b1's recovery reads the damaged
+		// one: wal-fetch fails and recovery stops instead of promoting.
+		if out, err := exec.Command("cp", "-a", filepath.Join(src, goneKey), filepath.Join(dst, goneKey)).CombinedOutput(); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		dir := filepath.Join(pgtest.MkdirOwned(t), "data")
+		out, code = run(damaged, "restore", "--target-dir", dir, "--backup", b1, "--to-lsn", markers[4].lsn, "--start", "--pg-bin", c.BinDir())
+		if code != 1 || !strings.Contains(out, "stopped before recovery reached its target") {
+			t.Errorf("restore --start through a damaged segment: exit %d:\n%s", code, out)
+		}
+	})
 	t.Run("refusals", func(t *testing.T) {
 		before := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
 		dir, out, err := restoreTo(t, "--to-time", before)
@@ -266,4 +360,12 @@ func appendConf(path, text string) error {
 		return err
 	}
 	return f.Close()
+}
+
+func openFileRepo(t *testing.T, dir string) *catalog.Repo {
+	st, err := file.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return catalog.New(st, catalog.Options{})
 }

@@ -123,6 +123,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			e.pruneCommand(),
 			e.restoreCommand(),
 			e.replicaCommand(),
+			e.verifyCommand(),
 			e.walPushCommand(), e.walFetchCommand(),
 		},
 	}

@@ -9,12 +9,10 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/walship/walship/internal/wal"
 )
@@ -37,18 +35,6 @@ func FuzzReader(f *testing.F) {
 			}
 			start = binary.LittleEndian.Uint64(data[8:]) &^ (segSize - 1)
 		}
-		done := make(chan struct{})
-		go func() {
-			select {
-			case <-done:
-			case <-time.After(3 * time.Second):
-				buf := make([]byte, 1<<20)
-				n := runtime.Stack(buf, true)
-				os.WriteFile("/tmp/hang.txt", append([]byte(strconv.Quote(string(data))+"\n"), buf[:n]...), 0o644)
-				panic("hang")
-			}
-		}()
-		defer close(done)
 		whole, wholeErr := fuzzRead(start, segSize, data, len(data))
 		pieces, piecesErr := fuzzRead(start, segSize, data, 1+int(piece)%4096)
 		if !reflect.DeepEqual(whole, pieces) || fmt.Sprint(wholeErr) != fmt.Sprint(piecesErr) {
