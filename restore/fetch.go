@@ -63,6 +63,10 @@ type Fetcher struct {
 	// Backoff is the wait after the first failed attempt, doubled after
 	// each further one; 0 means DefaultBackoff.
 	Backoff time.Duration
+	// Spool, if set, serves segments prefetched into it (see Prefetch),
+	// waiting up to SpoolWait for one a prefetcher is still downloading.
+	Spool     *Spool
+	SpoolWait time.Duration
 }
 
 // Fetch is (&Fetcher{Repo: repo, Log: log}).Fetch(ctx, name, dest).
@@ -96,6 +100,17 @@ func (f *Fetcher) Fetch(ctx context.Context, name, dest string) error {
 	log := f.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if f.Spool != nil && spoolable(name) {
+		start := time.Now()
+		taken, err := f.Spool.Take(name, dest, f.SpoolWait)
+		if err != nil {
+			return err
+		}
+		if taken {
+			log.Info("fetched from the prefetch spool", attrName, name, attrTook, time.Since(start).Round(time.Microsecond))
+			return nil
+		}
 	}
 	for attempt := 1; ; attempt++ {
 		err := f.fetch(ctx, log, name, dest)

@@ -3,9 +3,11 @@
 # It starts a throwaway PostgreSQL 15, archives its WAL into a throwaway file
 # repository with `walship archive` (a bounded run, then a continuous one
 # stopped with SIGTERM under a write load), shows what the repository holds,
-# takes a base backup with `walship backup`, and reads a shipped segment back
-# with `walship wal-fetch` and pg_waldump. Restore to a timestamp joins the
-# demo when `walship restore` exists.
+# takes a base backup with `walship backup`, reads a shipped segment back
+# with `walship wal-fetch` and pg_waldump, restores to a moment between two
+# writes with `walship restore --to-time --start`, and checks the repository
+# with `walship verify`. walship runs as the postgres user, like the server
+# whose restore_command runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$PWD/bin/walship
@@ -17,6 +19,7 @@ run_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@";
 [[ $(id -u) -eq 0 ]] && chown postgres "$work"
 cleanup() {
   run_pg "$pgbin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+  run_pg "$pgbin/pg_ctl" -D "$work/restored" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -34,12 +37,12 @@ psql() { "$pgbin/psql" -d "$pg" -Atq "$@"; }
 repo="file://$work/repo"
 
 echo "== walship archive --until-caught-up (creates the slot and the repository)"
-"$bin" --repo "$repo" archive --pg "$pg" --until-caught-up
+run_pg "$bin" --repo "$repo" archive --pg "$pg" --until-caught-up
 psql -c "CREATE TABLE demo AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 100000) g"
 
 echo
 echo "== walship archive, continuously, while rows are written; then SIGTERM"
-"$bin" --repo "$repo" archive --pg "$pg" --sync-interval 200ms &
+run_pg "$bin" --repo "$repo" archive --pg "$pg" --sync-interval 200ms &
 archiver=$!
 for i in 1 2 3; do
   psql -c "INSERT INTO demo SELECT g, md5(g::text) FROM generate_series(1, 20000) g"
@@ -61,17 +64,37 @@ echo "$(find "$work/repo/wal" -type f -not -path '*.pieces/*' | wc -l) complete 
 
 echo
 echo "== walship backup --fast (a base backup streamed into the repository)"
-"$bin" --repo "$repo" backup --fast --pg "$pg"
+run_pg "$bin" --repo "$repo" backup --fast --pg "$pg"
 
 echo
 echo "== walship list --pg ..."
-"$bin" --repo "$repo" list --pg "$pg"
+run_pg "$bin" --repo "$repo" list --pg "$pg"
 
 echo
 seg=$(ls "$work/repo/wal/00000001" | grep -v pieces | sort | tail -n 1)
 echo "== walship wal-fetch $seg, read by pg_waldump"
-mkdir "$work/fetched"
-"$bin" --repo "$repo" wal-fetch "$seg" "$work/fetched/$seg"
+run_pg mkdir "$work/fetched"
+run_pg "$bin" --repo "$repo" wal-fetch "$seg" "$work/fetched/$seg"
 "$pgbin/pg_waldump" --path "$work/fetched" "$seg" >"$work/dump" 2>&1 || true
 echo "pg_waldump read $(grep -c '^rmgr:' "$work/dump") records from it, the first three:"
 grep -m 3 '^rmgr:' "$work/dump"
+
+echo
+echo "== point-in-time restore: 1000 rows, a moment noted, 1000 more, then walship restore --to-time that moment --start"
+psql -c "CREATE TABLE pitr AS SELECT g AS id FROM generate_series(1, 1000) g"
+sleep 0.1
+moment=$(psql -c "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
+sleep 0.1
+psql -c "INSERT INTO pitr SELECT generate_series(1001, 2000)"
+run_pg "$bin" --repo "$repo" archive --pg "$pg" --until-caught-up
+run_pg "$bin" --repo "$repo" restore --target-dir "$work/restored" --to-time "$moment" --start --pg-bin "$pgbin"
+run_pg mkdir "$work/rsock"
+run_pg "$pgbin/pg_ctl" -D "$work/restored" -l "$work/restored.log" -w -o "-c unix_socket_directories=$work/rsock -c listen_addresses=''" start >/dev/null
+rows=$("$pgbin/psql" -d "host=$work/rsock port=5432 user=postgres dbname=postgres" -Atqc "SELECT count(*) FROM pitr")
+run_pg "$pgbin/pg_ctl" -D "$work/restored" -m fast stop >/dev/null
+echo "the restored cluster has $rows rows in pitr (the primary has $(psql -c "SELECT count(*) FROM pitr"))"
+[[ $rows == 1000 ]] || { echo "restore to $moment should hold 1000 rows"; exit 1; }
+
+echo
+echo "== walship verify"
+run_pg "$bin" --repo "$repo" verify

@@ -124,7 +124,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			e.restoreCommand(),
 			e.replicaCommand(),
 			e.verifyCommand(),
-			e.walPushCommand(), e.walFetchCommand(),
+			e.walPushCommand(), e.walFetchCommand(), e.walPrefetchCommand(),
 		},
 	}
 }

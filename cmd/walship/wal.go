@@ -3,7 +3,13 @@ package main
 import (
 	"errors"
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -58,7 +64,10 @@ func (e *env) walFetchCommand() *cli.Command {
 			"its timeline has a successor. Exit 0 once DEST is written; 1 at once when the repository does not\n" +
 			"hold NAME; 126 on any other failure (bad flags, a repository without walship.json, damage, storage\n" +
 			"errors after retries), which makes PostgreSQL stop recovery rather than end it early.",
-		Flags: repoFlags(),
+		Flags: append([]cli.Flag{
+			&cli.IntFlag{Name: "prefetch", EnvVars: []string{"WALSHIP_PREFETCH"}, Value: 8, Usage: "after a segment, download the next `N` into the spool in the background (0: none)"},
+			&cli.StringFlag{Name: "spool", EnvVars: []string{"WALSHIP_SPOOL"}, TakesFile: true, Usage: "prefetch spool `DIR` (default: walship_prefetch/ in the data directory, outside pg_wal)"},
+		}, repoFlags()...),
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return fetchExit(usageError{err})
 		},
@@ -66,13 +75,87 @@ func (e *env) walFetchCommand() *cli.Command {
 			if c.NArg() != 2 {
 				return fetchExit(usagef("wal-fetch takes two arguments, the file's name and where to write it: restore_command = 'walship --repo URL wal-fetch %%f %%p'"))
 			}
+			if n := c.Int("prefetch"); n < 0 || n > 256 {
+				return fetchExit(usagef("--prefetch %d: want 0 to 256", n))
+			}
 			repo, err := openCatalog(c)
 			if err != nil {
 				return fetchExit(err)
 			}
-			return fetchExit(restore.Fetch(c.Context, repo, c.Args().Get(0), c.Args().Get(1), e.log))
+			name := c.Args().Get(0)
+			f := &restore.Fetcher{Repo: repo, Log: e.log, SpoolWait: 30 * time.Second}
+			spool := spoolDir(c)
+			if spool != "" {
+				f.Spool = &restore.Spool{Dir: spool}
+			}
+			if err := f.Fetch(c.Context, name, c.Args().Get(1)); err != nil {
+				return fetchExit(err)
+			}
+			if spool != "" && c.Int("prefetch") > 0 && len(name) == 24 {
+				startPrefetch(c, spool, name, e)
+			}
+			return nil
 		},
 	}
+}
+
+func (e *env) walPrefetchCommand() *cli.Command {
+	return &cli.Command{
+		Name:   "wal-prefetch",
+		Hidden: true,
+		Usage:  "download the segments after NAME into a prefetch spool (wal-fetch starts it)",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "spool", Required: true},
+			&cli.IntFlag{Name: "count", Value: 8},
+		}, repoFlags()...),
+		Action: func(c *cli.Context) error {
+			repo, err := openCatalog(c)
+			if err != nil {
+				return err
+			}
+			f := &restore.Fetcher{Repo: repo, Log: e.log}
+			return f.Prefetch(c.Context, restore.Spool{Dir: c.String("spool")}, c.Args().First(), c.Int("count"), min(c.Int("count"), 4))
+		},
+	}
+}
+
+// spoolDir is --spool, or the default spool when the working directory is
+// a data directory (PostgreSQL runs restore_command in it); "" for none.
+func spoolDir(c *cli.Context) string {
+	if c.Int("prefetch") == 0 {
+		return ""
+	}
+	if d := c.String("spool"); d != "" {
+		return d
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return ""
+	}
+	if _, err := os.Stat(filepath.Join(cwd, "PG_VERSION")); err != nil {
+		return ""
+	}
+	return restore.SpoolDir(cwd, c.String("repo"))
+}
+
+// startPrefetch starts a detached wal-prefetch for the segments after name
+// and does not wait for it: restore_command returns at once.
+func startPrefetch(c *cli.Context, spool, name string, e *env) {
+	self, err := os.Executable()
+	if err != nil {
+		return
+	}
+	args := []string{"--repo", c.String("repo"), "--log-level", "warn", "wal-prefetch", "--spool", spool, "--count", strconv.Itoa(c.Int("prefetch"))}
+	if id := c.String("age-identity-file"); id != "" {
+		args = append(args, "--age-identity-file", id)
+	}
+	cmd := exec.Command(self, append(args, name)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		e.log.Warn("start the prefetcher", "error", err)
+		return
+	}
+	_ = cmd.Process.Release()
 }
 
 // exitError is a failure that picks its exit code.

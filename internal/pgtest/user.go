@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // serverUser is who the servers run as: postgres when we are root, since
@@ -116,9 +117,16 @@ func MkdirOwned(t testing.TB) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := os.RemoveAll(dir); err != nil {
-			t.Errorf("remove %s: %v", dir, err)
+		// A process the test started may still be finishing in it (a
+		// restore_command's prefetcher): try again for a while.
+		var err error
+		for range 50 {
+			if err = os.RemoveAll(dir); err == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
+		t.Errorf("remove %s: %v", dir, err)
 	})
 	return dir
 }

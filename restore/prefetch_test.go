@@ -1,0 +1,100 @@
+package restore
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/walship/walship/internal/wal"
+	"github.com/walship/walship/storage/catalog"
+)
+
+func TestPrefetch(t *testing.T) {
+	ctx := context.Background()
+	repo, store := newRepo(t, catalog.Options{})
+	segs := map[string][]byte{}
+	var names []string
+	for i := range uint64(10) {
+		s := wal.Segment{TLI: 1, No: 1 + i}
+		data := randomBytes(segSize, 10+i)
+		put(t, repo, catalog.SegmentKey(s, segSize), data)
+		segs[s.Name(segSize)] = data
+		names = append(names, s.Name(segSize))
+	}
+	// The tip of segment 11 in pieces: never prefetched.
+	tip := wal.Segment{TLI: 1, No: 11}
+	put(t, repo, catalog.PieceKey(tip, segSize, 0, 4096), randomBytes(4096, 99))
+	spool := Spool{Dir: filepath.Join(t.TempDir(), "spool")}
+	spooled := func() []string {
+		entries, _ := os.ReadDir(spool.Dir)
+		var out []string
+		for _, e := range entries {
+			out = append(out, e.Name())
+		}
+		return out
+	}
+	f := fetcher(repo)
+	f.Spool, f.SpoolWait = &spool, time.Second
+
+	if err := f.Prefetch(ctx, spool, names[0], 5, 2); err != nil {
+		t.Fatal(err)
+	}
+	if got := spooled(); !slices.Equal(got, names[1:6]) {
+		t.Fatalf("spool after prefetching 5 after %s: %q, want %q", names[0], got, names[1:6])
+	}
+	// Served from the spool: no download.
+	dir := destDir(t, "RECOVERYXLOG")
+	dest := filepath.Join(dir, "RECOVERYXLOG")
+	gets := store.gets.Load()
+	if err := f.Fetch(ctx, names[2], dest); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(dest); !bytes.Equal(got, segs[names[2]]) {
+		t.Errorf("%s from the spool differs from the stored segment", names[2])
+	}
+	if n := store.gets.Load() - gets; n != 0 {
+		t.Errorf("a spooled segment cost %d GETs", n)
+	}
+	// Taking one prunes the spooled segments recovery has passed.
+	if got := spooled(); !slices.Equal(got, names[3:6]) {
+		t.Errorf("spool after taking %s: %q, want %q", names[2], got, names[3:6])
+	}
+	// Prefetch stops at the end of the complete segments: the tip's
+	// pieces are not spooled, and no claim is left behind.
+	if err := f.Prefetch(ctx, spool, names[7], 8, 4); err != nil {
+		t.Fatal(err)
+	}
+	if got := spooled(); !slices.Equal(got, append(slices.Clone(names[3:6]), names[8:10]...)) {
+		t.Errorf("spool after prefetching past the end: %q", got)
+	}
+	// A segment claimed by a prefetcher that never delivers: wal-fetch
+	// waits SpoolWait, then downloads it itself.
+	if err := os.WriteFile(filepath.Join(spool.Dir, names[9]+".claim"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(spool.Dir, names[9])); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := f.Fetch(ctx, names[9], dest); err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(start); waited < f.SpoolWait {
+		t.Errorf("did not wait for the claimed segment (%v)", waited)
+	}
+	if got, _ := os.ReadFile(dest); !bytes.Equal(got, segs[names[9]]) {
+		t.Errorf("%s downloaded after the wait differs", names[9])
+	}
+	// A stale claim is taken over.
+	past := time.Now().Add(-claimTTL - time.Minute)
+	if err := os.Chtimes(filepath.Join(spool.Dir, names[9]+".claim"), past, past); err != nil {
+		t.Fatal(err)
+	}
+	if !spool.claim(names[9]) {
+		t.Error("a stale claim was not taken over")
+	}
+}
