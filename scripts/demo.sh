@@ -42,7 +42,11 @@ psql -c "CREATE TABLE demo AS SELECT g AS id, md5(g::text) AS v FROM generate_se
 
 echo
 echo "== walship archive, continuously, while rows are written; then SIGTERM"
-run_pg "$bin" --repo "$repo" archive --pg "$pg" --sync-interval 200ms &
+if [[ $(id -u) -eq 0 ]]; then
+  runuser -u postgres -- "$bin" --repo "$repo" archive --pg "$pg" --sync-interval 200ms &
+else
+  "$bin" --repo "$repo" archive --pg "$pg" --sync-interval 200ms &
+fi
 archiver=$!
 for i in 1 2 3; do
   psql -c "INSERT INTO demo SELECT g, md5(g::text) FROM generate_series(1, 20000) g"
@@ -50,7 +54,8 @@ for i in 1 2 3; do
 done
 flushed=$(psql -c "SELECT pg_current_wal_flush_lsn()")
 sleep 1
-kill -TERM "$archiver"
+# SIGTERM to walship itself (runuser's child when run as root).
+if [[ $(id -u) -eq 0 ]]; then pkill -TERM -P "$archiver"; else kill -TERM "$archiver"; fi
 wait "$archiver"
 acked=$(psql -c "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'walship'")
 echo "primary flushed $flushed; the slot says walship has it up to $acked"

@@ -192,13 +192,15 @@ func (r *Reader) step(p []byte) (int, error) {
 	if room := r.pageSize - uint64(r.pos)&(r.pageSize-1); uint64(len(p)) > room {
 		p = p[:room]
 	}
-	if r.pad > 0 {
-		k := min(r.pad, len(p))
-		r.pad -= k
-		r.advance(k)
-		return k, nil
+	n := 0
+	for n < len(p) && r.pageNeed == 0 && r.skipTo <= r.pos {
+		k, err := r.data(p[n:])
+		n += k
+		if err != nil {
+			return n, err
+		}
 	}
-	return r.data(p)
+	return n, nil
 }
 
 // advance moves past k bytes that are not part of a page header.
@@ -309,11 +311,18 @@ func (r *Reader) endOfWAL() {
 	r.skipTo = wal.LSN((uint64(r.pos) + r.segSize - 1) &^ (r.segSize - 1))
 }
 
-// data consumes bytes of a page's data area, which p does not run past.
+// data consumes at least one byte of a page's data area, which p does not
+// run past.
 func (r *Reader) data(p []byte) (int, error) {
+	if r.pad > 0 {
+		k := min(r.pad, len(p))
+		r.pad -= k
+		r.advance(k)
+		return k, nil
+	}
 	rec := &r.rec
 	if !rec.active {
-		*rec = record{active: true, start: r.pos}
+		rec.start, rec.totLen, rec.got, rec.active, rec.cont = r.pos, 0, 0, true, false
 	}
 	if rec.cont {
 		k := int(min(uint64(len(p)), uint64(rec.totLen-rec.got)))
@@ -374,10 +383,11 @@ func (r *Reader) recordHeader() error {
 	rec.kind = kindOf(rmid, info)
 	rec.sw = rmid == rmXLOG && info&0xF0 == xlogSwitch
 	rec.want = rec.kind != 0 || rec.sw || r.all
-	if rec.want {
-		return r.body(nil)
+	if !rec.want {
+		return nil
 	}
-	return nil
+	rec.crc, rec.headN, rec.parsed = 0, 0, false
+	return r.body(nil)
 }
 
 func kindOf(rmid, info uint8) Kind {
