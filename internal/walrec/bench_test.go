@@ -6,13 +6,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/walship/walship/internal/pgtest"
 	"github.com/walship/walship/internal/wal"
 )
 
 // BenchmarkReader reads a 16 MB segment of pgbench's transactions in writes
-// of 128 kB, as they might stream in.
+// of 128 kB, taking the events after each, as an archiver would.
 func BenchmarkReader(b *testing.B) {
 	const segSize, piece = 16 << 20, 128 << 10
 	start, data := pgbenchSegment(b, segSize)
@@ -24,10 +25,10 @@ func BenchmarkReader(b *testing.B) {
 			if _, err := r.Write(data[off : off+piece]); err != nil {
 				b.Fatal(err)
 			}
+			events += len(r.Events())
 		}
-		events = len(r.Events())
 	}
-	b.ReportMetric(float64(events), "events/op")
+	b.ReportMetric(float64(events)/float64(b.N), "events/op")
 }
 
 // pgbenchSegment runs pgbench on a PostgreSQL 15 server with segments of
@@ -41,9 +42,12 @@ func pgbenchSegment(b *testing.B, segSize uint64) (wal.LSN, []byte) {
 	}
 	pgbench := func(args ...string) {
 		cmd := exec.Command(bin, append(args, "-h", "127.0.0.1", "-p", strconv.Itoa(c.Port()), "-U", "postgres", "postgres")...)
-		if out, err := cmd.CombinedOutput(); err != nil {
+		t0 := time.Now()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
 			b.Fatalf("pgbench %v: %v\n%s", args, err, out)
 		}
+		b.Logf("pgbench %v: %v %s", args, time.Since(t0), out[max(0, len(out)-300):])
 	}
 	lsn := func() wal.LSN {
 		l, err := wal.ParseLSN(c.Scalar(b, "SELECT pg_current_wal_lsn()"))
@@ -56,7 +60,7 @@ func pgbenchSegment(b *testing.B, segSize uint64) (wal.LSN, []byte) {
 	seg := wal.SegmentOf(1, lsn(), segSize)
 	seg.No++
 	for lsn() < seg.Start(segSize)+wal.LSN(segSize) {
-		pgbench("-n", "-c", "2", "-j", "2", "-t", "5000")
+		pgbench("-n", "-M", "prepared", "-c", "4", "-j", "2", "-t", "5000")
 	}
 	data, err := os.ReadFile(filepath.Join(c.DataDir(), "pg_wal", seg.Name(segSize)))
 	if err != nil {

@@ -24,7 +24,7 @@ func BenchmarkFileTmp(b *testing.B) {
 			if _, err := r.Write(data[off : off+128<<10]); err != nil {
 				b.Fatal(err)
 			}
+			r.Events()
 		}
-		r.Events()
 	}
 }
