@@ -63,6 +63,16 @@ type Fetcher struct {
 	// Backoff is the wait after the first failed attempt, doubled after
 	// each further one; 0 means DefaultBackoff.
 	Backoff time.Duration
+	// NoPieces serves complete segments only, never the tip from its
+	// pieces: for a standby, whose own pg_wal may hold more of the tip
+	// (streamed from the primary) than the repository; a shorter copy from
+	// the archive would hide it and make promotion fail.
+	NoPieces bool
+	// TipTimeline, if set, is the timeline recovery targets: only its tip
+	// is served from pieces, successors or not (a stray branch off it does
+	// not hide its newest WAL), and never an ancestor's. When 0, pieces
+	// are served for a timeline without a successor.
+	TipTimeline wal.TimeLineID
 	// Spool, if set, serves segments prefetched into it (see Prefetch),
 	// waiting up to SpoolWait for one a prefetcher is still downloading.
 	Spool     *Spool
@@ -173,7 +183,7 @@ func (f *Fetcher) fetch(ctx context.Context, log *slog.Logger, name, dest string
 	}
 	key := catalog.SegmentKey(file.Segment, segSize)
 	err = o.object(ctx, key, int64(segSize), int64(segSize))
-	if !errors.Is(err, ErrNotFound) {
+	if !errors.Is(err, ErrNotFound) || f.NoPieces {
 		return err
 	}
 	return o.tip(ctx, file.Segment, segSize)
@@ -258,8 +268,17 @@ func copyTo(w io.Writer, r io.Reader, key string) (int64, error) {
 // successor's history left behind.
 func (o *fetch) tip(ctx context.Context, seg wal.Segment, segSize uint64) error {
 	segKey := catalog.SegmentKey(seg, segSize)
+	if o.TipTimeline != 0 && seg.TLI != o.TipTimeline {
+		return fmt.Errorf("wal-fetch %s: %s: %w (pieces are served for timeline %d only, the one recovery targets)",
+			o.name, segKey, ErrNotFound, o.TipTimeline)
+	}
 	next := catalog.HistoryKey(seg.TLI + 1)
 	_, err := o.Repo.Store().Stat(ctx, next)
+	if o.TipTimeline != 0 {
+		// Recovery follows this timeline: a successor is a branch it
+		// does not take.
+		err = storage.ErrNotExist
+	}
 	if err == nil {
 		o.log.Debug("not serving pieces: the timeline has a successor", attrName, o.name, attrKey, next)
 		return fmt.Errorf("wal-fetch %s: %s: %w (and timeline %d has a successor, %s, so its pieces are never served)",

@@ -380,6 +380,33 @@ func TestFetchPieces(t *testing.T) {
 			t.Errorf("Fetch of the newest timeline's tip = %v", err)
 		}
 	})
+	t.Run("tip timeline", func(t *testing.T) {
+		repo, _ := newRepo(t, catalog.Options{})
+		put(t, repo, catalog.PieceKey(seg, segSize, 0, 100000), data[:100000])
+		put(t, repo, catalog.HistoryKey(seg.TLI+1), []byte("3\t0/21010000\tx\n"))
+		// Recovery along seg's timeline: a branch off it does not hide
+		// its tip.
+		f := fetcher(repo)
+		f.TipTimeline = seg.TLI
+		dir := destDir(t, "d")
+		if err := f.Fetch(ctx, seg.Name(segSize), filepath.Join(dir, "d")); err != nil {
+			t.Errorf("Fetch of the target timeline's tip with a branch off it = %v", err)
+		}
+		// Recovery along the successor: the ancestor's pieces never.
+		f.TipTimeline = seg.TLI + 1
+		err := f.Fetch(ctx, seg.Name(segSize), filepath.Join(destDir(t), "d"))
+		if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "timeline 4 only") {
+			t.Errorf("Fetch of an ancestor's tip = %v, want ErrNotFound", err)
+		}
+		// A standby's: complete segments only.
+		f.TipTimeline, f.NoPieces = 0, true
+		repo2, _ := newRepo(t, catalog.Options{})
+		put(t, repo2, catalog.PieceKey(seg, segSize, 0, 100000), data[:100000])
+		f.Repo = repo2
+		if err := f.Fetch(ctx, seg.Name(segSize), filepath.Join(destDir(t), "d")); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Fetch with NoPieces of a tip = %v, want ErrNotFound", err)
+		}
+	})
 	t.Run("divergent overlap", func(t *testing.T) {
 		repo, _ := newRepo(t, catalog.Options{})
 		put(t, repo, catalog.PieceKey(seg, segSize, 0, 200000), data[:200000])

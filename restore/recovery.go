@@ -19,7 +19,8 @@ import (
 
 // Recovery is how a restored data directory recovers when it starts.
 type Recovery struct {
-	// RestoreCommand is the complete restore_command (see RestoreCommand).
+	// RestoreCommand is the complete restore_command (see RestoreCommand);
+	// Restore sets it.
 	RestoreCommand string
 	Target         Target
 	Timeline       wal.TimeLineID // 0 writes 'latest'
@@ -192,13 +193,16 @@ func confEscape(v string) string {
 }
 
 // RestoreCommand is a restore_command that runs walship's wal-fetch by
-// absolute path with the repository URL and the age identity file (if any)
-// spelled out, so that it needs nothing from the server's environment but
-// storage credentials.
-func RestoreCommand(walship, repoURL, identityFile string) string {
+// absolute path with the repository URL, the age identity file (if any) and
+// fetchFlags spelled out, so that it needs nothing from the server's
+// environment but storage credentials.
+func RestoreCommand(walship, repoURL, identityFile string, fetchFlags ...string) string {
 	cmd := shellQuote(walship) + " --repo " + shellQuote(repoURL) + " wal-fetch"
 	if identityFile != "" {
 		cmd += " --age-identity-file " + shellQuote(identityFile)
+	}
+	for _, f := range fetchFlags {
+		cmd += " " + shellQuote(f)
 	}
 	return cmd + ` "%f" "%p"`
 }

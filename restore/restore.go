@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/storage/catalog"
 )
 
@@ -22,9 +23,12 @@ type Options struct {
 	// Tablespaces moves tablespaces: a tablespace's OID or original
 	// location → the empty or absent directory to restore it into.
 	Tablespaces map[string]string
-	// Recovery holds the restore_command, the action and the archiving
-	// choice; the target and timeline come from the plan.
+	// Recovery holds the action and the archiving choice; the target,
+	// timeline and restore_command come from the plan.
 	Recovery Recovery
+	// RestoreCommand makes the restore_command for the timeline recovery
+	// targets.
+	RestoreCommand func(tli wal.TimeLineID) string
 	Log      *slog.Logger
 }
 
@@ -36,6 +40,9 @@ func Restore(ctx context.Context, repo *catalog.Repo, opts Options) (Plan, error
 	log := opts.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if opts.RestoreCommand == nil {
+		return Plan{}, errors.New("restore: no restore_command")
 	}
 	inv, err := LoadInventory(ctx, repo)
 	if err != nil {
@@ -71,6 +78,7 @@ func Restore(ctx context.Context, repo *catalog.Repo, opts Options) (Plan, error
 		slog.Any("timeline", plan.Timeline), slog.String("stop", plan.Stop.String()), slog.String("dir", opts.Dir))
 	rec := opts.Recovery
 	rec.Target = opts.Target
+	rec.RestoreCommand = opts.RestoreCommand(plan.Timeline)
 	if !rec.Standby {
 		// Explicit, so that a stray higher timeline cannot lure recovery
 		// away; a standby follows the newest, as failovers need.

@@ -7,6 +7,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/archiver"
+	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/restore"
 )
 
@@ -54,7 +55,7 @@ func (e *env) replicaCommand() *cli.Command {
 				}
 				tablespaces[old] = dst
 			}
-			cmd, err := restoreCommand(c)
+			fetchCmd, err := restoreCommand(c)
 			if err != nil {
 				return err
 			}
@@ -76,12 +77,15 @@ func (e *env) replicaCommand() *cli.Command {
 				Target:      restore.Target{Kind: restore.Immediate, Backup: c.String("backup")},
 				Tablespaces: tablespaces,
 				Recovery: restore.Recovery{
-					RestoreCommand:  cmd,
 					Standby:         true,
 					PrimaryConnInfo: c.String("primary-conninfo"),
 					PrimarySlot:     slot,
 				},
-				Log: e.log,
+				// Complete segments only: the standby streams the tip, and
+				// a shorter copy of it from the repository would hide what
+				// its pg_wal holds when it is promoted.
+				RestoreCommand: func(wal.TimeLineID) string { return fetchCmd("--no-pieces") },
+				Log:            e.log,
 			})
 			if err != nil {
 				return err

@@ -81,7 +81,7 @@ func (e *env) restoreCommand() *cli.Command {
 			default:
 				return usagef("--target-action %q: want promote, pause or shutdown", action)
 			}
-			cmd, err := restoreCommand(c)
+			fetchCmd, err := restoreCommand(c)
 			if err != nil {
 				return err
 			}
@@ -105,8 +105,12 @@ func (e *env) restoreCommand() *cli.Command {
 				Dir:         dir,
 				Target:      target,
 				Tablespaces: tablespaces,
-				Recovery:    restore.Recovery{RestoreCommand: cmd, Action: action, KeepArchiving: c.Bool("keep-archiving")},
-				Log:         e.log,
+				Recovery:    restore.Recovery{Action: action, KeepArchiving: c.Bool("keep-archiving")},
+				// The tip from pieces for the target timeline only.
+				RestoreCommand: func(tli wal.TimeLineID) string {
+					return fetchCmd("--tip-timeline", strconv.FormatUint(uint64(tli), 10))
+				},
+				Log: e.log,
 			})
 			if err != nil {
 				return err
@@ -223,22 +227,25 @@ func parseTargetTime(s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("want RFC 3339 (2026-11-28T10:15:00.123Z) or 2026-11-28 10:15:00+00, with a zone offset")
 }
 
-// restoreCommand is the restore_command for the repository this command
-// uses: this binary by absolute path, --repo and the identity file spelled
-// out.
-func restoreCommand(c *cli.Context) (string, error) {
+// restoreCommand returns a maker of restore_commands for the repository
+// this command uses: this binary by absolute path, --repo and the identity
+// file spelled out, and the wal-fetch flags given to the maker.
+func restoreCommand(c *cli.Context) (func(fetchFlags ...string) string, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return "", fmt.Errorf("find this walship binary for restore_command: %w", err)
+		return nil, fmt.Errorf("find this walship binary for restore_command: %w", err)
 	}
 	if self, err = filepath.EvalSymlinks(self); err != nil {
-		return "", fmt.Errorf("find this walship binary for restore_command: %w", err)
+		return nil, fmt.Errorf("find this walship binary for restore_command: %w", err)
 	}
 	id := c.String("age-identity-file")
 	if id != "" {
 		if id, err = filepath.Abs(id); err != nil {
-			return "", usagef("--age-identity-file: %v", err)
+			return nil, usagef("--age-identity-file: %v", err)
 		}
 	}
-	return restore.RestoreCommand(self, c.String("repo"), id), nil
+	repoURL := c.String("repo")
+	return func(fetchFlags ...string) string {
+		return restore.RestoreCommand(self, repoURL, id, fetchFlags...)
+	}, nil
 }
