@@ -12,5 +12,10 @@
 // manager, CRC-32C), then block-reference headers, then block images and data,
 // then the main data. The reader walks the headers of every record but
 // assembles, CRC-checks and decodes only those it reports, and it streams even
-// those: memory stays the same whatever the size of a record.
+// those, so that no record, however large, takes more memory than another.
+//
+// A promotion writes XLOG_END_OF_RECOVERY; recovery that ends any other way,
+// at a recovery target among them, writes a shutdown checkpoint instead, which
+// the reader does not report: timeline history files say where timelines
+// begin.
 package walrec

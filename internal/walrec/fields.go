@@ -59,54 +59,38 @@ func imageCompressed(info uint8, version int) bool {
 // of bodyLen bytes, of which b holds the first, and returns where the main
 // data starts in the body. The main data is the body's tail.
 func blockHeaders(b []byte, bodyLen uint32, version int) (uint32, error) {
+	h := headers{b: b, whole: len(b) == int(bodyLen), version: version}
 	var (
-		off       int
 		total     uint64 // bytes of images and data after the headers
 		mainLen   uint64
 		lastBlock = -1
-		haveRel   bool
 	)
-	take := func(n int) ([]byte, error) {
-		if off+n > len(b) {
-			if len(b) < int(bodyLen) {
-				return nil, errors.New("block headers longer than PostgreSQL writes")
-			}
-			return nil, errors.New("block headers run past the record's end")
-		}
-		v := b[off : off+n]
-		off += n
-		return v, nil
-	}
-	for uint64(bodyLen)-uint64(off) > total {
-		v, err := take(1)
+	for uint64(bodyLen)-uint64(h.off) > total {
+		v, err := h.take(1)
 		if err != nil {
 			return 0, err
 		}
 		id := v[0]
 		switch {
 		case id == dataShort:
-			v, err := take(1)
-			if err != nil {
-				return 0, err
+			if v, err = h.take(1); err == nil {
+				mainLen = uint64(v[0])
 			}
-			mainLen = uint64(v[0])
 		case id == dataLong:
-			v, err := take(4)
-			if err != nil {
-				return 0, err
+			if v, err = h.take(4); err == nil {
+				mainLen = uint64(binary.LittleEndian.Uint32(v))
 			}
-			mainLen = uint64(binary.LittleEndian.Uint32(v))
 		case id == originID:
-			_, err = take(2)
+			_, err = h.take(2)
 		case id == toplevelXID:
-			_, err = take(4)
+			_, err = h.take(4)
 		case id <= maxBlockID:
 			if int(id) <= lastBlock {
 				return 0, fmt.Errorf("block %d after block %d", id, lastBlock)
 			}
 			lastBlock = int(id)
 			var n uint64
-			n, haveRel, err = blockHeader(take, haveRel, version)
+			n, err = h.block()
 			total += n
 		default:
 			return 0, fmt.Errorf("unknown block id %d", id)
@@ -119,46 +103,67 @@ func blockHeaders(b []byte, bodyLen uint32, version int) (uint32, error) {
 			break // the main data header comes last
 		}
 	}
-	if uint64(bodyLen)-uint64(off) != total {
-		return 0, fmt.Errorf("headers at %d bytes announce %d more, but the record has %d", off, total, uint64(bodyLen)-uint64(off))
+	if uint64(bodyLen)-uint64(h.off) != total {
+		return 0, fmt.Errorf("headers of %d bytes announce %d more, but the record has %d", h.off, total, uint64(bodyLen)-uint64(h.off))
 	}
 	return bodyLen - uint32(mainLen), nil
 }
 
-// blockHeader reads one block reference header after its id and returns the
-// bytes of image and data it announces.
-func blockHeader(take func(int) ([]byte, error), haveRel bool, version int) (uint64, bool, error) {
-	v, err := take(3)
+// headers reads the fragment headers of a record.
+type headers struct {
+	b       []byte // the body's first bytes
+	whole   bool   // b is the whole body
+	off     int
+	haveRel bool // a block named its relation, which later ones may share
+	version int
+}
+
+func (h *headers) take(n int) ([]byte, error) {
+	if h.off+n > len(h.b) {
+		if !h.whole {
+			return nil, errors.New("block headers longer than PostgreSQL writes")
+		}
+		return nil, errors.New("block headers run past the record's end")
+	}
+	v := h.b[h.off : h.off+n]
+	h.off += n
+	return v, nil
+}
+
+// block reads one block reference header after its id and returns the bytes
+// of image and data it announces.
+func (h *headers) block() (uint64, error) {
+	v, err := h.take(3)
 	if err != nil {
-		return 0, haveRel, err
+		return 0, err
 	}
 	flags, dataLen := v[0], uint64(binary.LittleEndian.Uint16(v[1:]))
 	if (flags&bkpHasData != 0) != (dataLen != 0) {
-		return 0, haveRel, fmt.Errorf("block with flags %02X has %d bytes of data", flags, dataLen)
+		return 0, fmt.Errorf("block with flags %02X has %d bytes of data", flags, dataLen)
 	}
 	n := dataLen
 	if flags&bkpHasImage != 0 {
-		img, err := take(5) // bimg_len, hole_offset, bimg_info
+		img, err := h.take(5) // bimg_len, hole_offset, bimg_info
 		if err != nil {
-			return 0, haveRel, err
+			return 0, err
 		}
 		n += uint64(binary.LittleEndian.Uint16(img))
-		if info := img[4]; info&imgHasHole != 0 && imageCompressed(info, version) {
-			if _, err := take(2); err != nil { // hole_length
-				return 0, haveRel, err
+		if info := img[4]; info&imgHasHole != 0 && imageCompressed(info, h.version) {
+			if _, err := h.take(2); err != nil { // hole_length
+				return 0, err
 			}
 		}
 	}
 	if flags&bkpSameRel == 0 {
-		if _, err := take(12); err != nil { // RelFileLocator
-			return 0, haveRel, err
+		if _, err := h.take(12); err != nil { // RelFileLocator
+			return 0, err
 		}
-		haveRel = true
-	} else if !haveRel {
-		return 0, haveRel, errors.New("block refers to the previous block's relation, but there is none")
+		h.haveRel = true
+	} else if !h.haveRel {
+		return 0, errors.New("block refers to the previous block's relation, but there is none")
 	}
-	_, err = take(4) // BlockNumber
-	return n, haveRel, err
+	_, err = h.take(4) // BlockNumber
+	return n, err
 }
 
 // Commit and abort records (xact.h): xact_time, then if XLOG_XACT_HAS_INFO

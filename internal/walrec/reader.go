@@ -19,12 +19,13 @@ const (
 	CommitPrepared                 // COMMIT PREPARED (XLOG_XACT_COMMIT_PREPARED)
 	AbortPrepared                  // ROLLBACK PREPARED (XLOG_XACT_ABORT_PREPARED)
 	RestorePoint                   // pg_create_restore_point (XLOG_RESTORE_POINT)
-	EndOfRecovery                  // a promoted standby's first record on its new timeline (XLOG_END_OF_RECOVERY)
+	EndOfRecovery                  // a standby was promoted and began a new timeline (XLOG_END_OF_RECOVERY)
 	BackupEnd                      // the end of an online backup taken on a primary (XLOG_BACKUP_END)
 )
 
 var kindNames = [...]string{"", "commit", "abort", "commit prepared", "abort prepared", "restore point", "end of recovery", "backup end"}
 
+// String returns the kind in words, as "commit prepared".
 func (k Kind) String() string {
 	if int(k) < len(kindNames) && k != 0 {
 		return kindNames[k]
