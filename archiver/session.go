@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/walship/walship/internal/wal"
+	"github.com/walship/walship/internal/walrec"
 	"github.com/walship/walship/storage/catalog"
 )
 
@@ -50,6 +51,10 @@ type session struct {
 	cleanup   sync.WaitGroup
 
 	lastStatus time.Time
+
+	// rec reads the WAL as it arrives for the segments' indexes; nil once
+	// it failed (the WAL is still archived, only not indexed).
+	rec *walrec.Reader
 
 	free    [][]byte // segment buffers not in use
 	maxBufs int
@@ -227,6 +232,7 @@ func (s *session) stream(ctx context.Context, sp startPoint) error {
 		}
 		s.log.Info("streaming", slog.String(keyLSN, start.String()), slog.Any(keyTimeline, s.tli), slog.String(keySlot, s.cfg.Slot))
 		s.received = start
+		s.rec = walrec.NewReader(start, s.segSize)
 		s.durable = max(s.durable, start+wal.LSN(sp.Stored))
 		if s.cur != nil { // an empty segment left at a timeline switch
 			s.unref(s.cur.ref)
@@ -338,6 +344,23 @@ func (s *session) finishSegment(partial bool) {
 		}
 	}
 	s.enqueue(j)
+	if s.rec != nil {
+		// The records that ended in this segment: a restore reads them
+		// to find where a time, xid or name target stops.
+		s.enqueue(&job{kind: jobIndex, key: catalog.IndexKey(c.seg, s.segSize), data: catalog.EncodeIndex(s.rec.Events()), end: j.end})
+	}
+}
+
+// index feeds received WAL to the index reader. A failure only ends the
+// indexing, never the archiving.
+func (s *session) index(p []byte) {
+	if s.rec == nil {
+		return
+	}
+	if _, err := s.rec.Write(p); err != nil {
+		s.log.Warn("cannot index this WAL (commit times for --to-time); archiving goes on", slog.Any(keyError, err))
+		s.rec = nil
+	}
 }
 
 // retire advances the durable position over the run of finished jobs.
@@ -412,6 +435,7 @@ func (s *session) accept(x *xlogData, rest *[]byte) error {
 		}
 		c := s.cur
 		n := copy(c.buf[c.filled:], data)
+		s.index(data[:n])
 		c.filled += uint32(n)
 		s.received += wal.LSN(n)
 		data = data[n:]

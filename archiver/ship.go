@@ -21,6 +21,7 @@ const (
 	jobSegment                    // a complete segment
 	jobPartial                    // a segment cut short by a timeline switch
 	jobHistory                    // a timeline history file
+	jobIndex                      // a segment's index of commit times and restore points
 )
 
 // job is one object to store. Jobs complete in any order, but the durable

@@ -4,15 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"sync"
 
 	"github.com/walship/walship/internal/wal"
+	"github.com/walship/walship/internal/walrec"
 	"github.com/walship/walship/storage"
 	"github.com/walship/walship/storage/catalog"
 )
 
 // LoadInventory reads what planning needs from repo: its metadata, the
-// complete backups, the WAL extents and every timeline history file.
-func LoadInventory(ctx context.Context, repo *catalog.Repo) (Inventory, error) {
+// complete backups, the WAL extents and every timeline history file, and
+// with events the segments' commit-time indexes.
+func LoadInventory(ctx context.Context, repo *catalog.Repo, events bool) (Inventory, error) {
 	meta, err := repo.ReadMeta(ctx)
 	if errors.Is(err, storage.ErrNotExist) {
 		return Inventory{}, errors.New("the repository is empty (no walship.json): check --repo, or run walship archive first")
@@ -47,5 +51,160 @@ func LoadInventory(ctx context.Context, repo *catalog.Repo) (Inventory, error) {
 		}
 		inv.Histories[e.TLI] = h
 	}
+	if events {
+		if err := loadEvents(ctx, repo, &inv); err != nil {
+			return Inventory{}, err
+		}
+	}
 	return inv, nil
+}
+
+// indexReaders is how many index objects are read at once.
+const indexReaders = 16
+
+// loadEvents reads every segment index into inv.Events. When a segment
+// lacks one (archived before walship indexed, or by an archiver that could
+// not read the WAL), the events are incomplete and inv.Events stays nil:
+// planning then falls back to backup times, and says so.
+func loadEvents(ctx context.Context, repo *catalog.Repo, inv *Inventory) error {
+	segments := map[string]bool{}
+	var indexes []catalog.WALObject
+	for oi, err := range repo.Store().List(ctx, "wal/") {
+		if err != nil {
+			return err
+		}
+		o, err := catalog.ParseWALKey(oi.Key, inv.SegmentSize)
+		if err != nil {
+			continue
+		}
+		switch o.Kind {
+		case catalog.Segment, catalog.Partial:
+			segments[catalog.IndexKey(o.Segment, inv.SegmentSize)] = true
+		case catalog.Index:
+			indexes = append(indexes, o)
+		}
+	}
+	have := map[string]bool{}
+	for _, o := range indexes {
+		have[o.Key] = true
+	}
+	for k := range segments {
+		if !have[k] {
+			inv.IndexMissing++
+		}
+	}
+	if inv.IndexMissing > 0 {
+		return nil
+	}
+	results := make([][]Event, len(indexes))
+	errs := make([]error, len(indexes))
+	sem := make(chan struct{}, indexReaders)
+	var wg sync.WaitGroup
+	for i, o := range indexes {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			b, err := repo.ReadAll(ctx, o.Key, 1<<30)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			evs, err := catalog.DecodeIndex(b)
+			if err != nil {
+				errs[i] = fmt.Errorf("%s: %w", o.Key, err)
+				return
+			}
+			results[i] = eventsOf(o.TLI, evs)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("read the commit-time index: %w", err)
+	}
+	inv.Events = []Event{}
+	for _, r := range results {
+		inv.Events = append(inv.Events, r...)
+	}
+	// The tips are not indexed yet: read their pieces.
+	for _, e := range inv.Extents {
+		if e.TLI == 0 || e.TipEnd == 0 {
+			continue
+		}
+		evs, err := tipEvents(ctx, repo, e, inv.SegmentSize)
+		if err != nil {
+			return fmt.Errorf("read the tip of timeline %d: %w", e.TLI, err)
+		}
+		inv.Events = append(inv.Events, evs...)
+	}
+	return nil
+}
+
+// tipEvents reads the records of interest in the pieces of e's tip, the
+// contiguous bytes from its segment's start.
+func tipEvents(ctx context.Context, repo *catalog.Repo, e catalog.Extent, segSize uint64) ([]Event, error) {
+	seg := wal.SegmentOf(e.TLI, e.TipEnd-1, segSize)
+	var pieces []catalog.WALObject
+	for oi, err := range repo.Store().List(ctx, catalog.PiecePrefix(seg, segSize)) {
+		if err != nil {
+			return nil, err
+		}
+		if p, err := catalog.ParseWALKey(oi.Key, segSize); err == nil && p.Kind == catalog.Piece {
+			pieces = append(pieces, p)
+		}
+	}
+	rec := walrec.NewReader(seg.Start(segSize), segSize)
+	var off uint32
+	for _, p := range pieces { // in order of start, then end
+		if p.Start > off || p.End <= off {
+			continue
+		}
+		rc, err := repo.Open(ctx, p.Key)
+		if err != nil {
+			return nil, err
+		}
+		_, err = io.CopyN(io.Discard, rc, int64(off-p.Start))
+		var walErr bool
+		if err == nil {
+			w := &walWriter{rec: rec}
+			_, err = io.Copy(w, rc)
+			walErr = w.err != nil
+		}
+		rc.Close()
+		if walErr {
+			break // WAL the reader cannot follow: what came before still counts
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", p.Key, err)
+		}
+		off = p.End
+	}
+	return eventsOf(e.TLI, rec.Events()), nil
+}
+
+// walWriter feeds a walrec.Reader and remembers its error apart from the
+// copy's.
+type walWriter struct {
+	rec *walrec.Reader
+	err error
+}
+
+func (w *walWriter) Write(p []byte) (int, error) {
+	n, err := w.rec.Write(p)
+	w.err = err
+	return n, err
+}
+
+// eventsOf keeps the records recovery targets can stop at: commits and
+// aborts (time and xid targets) and restore points (name targets).
+func eventsOf(tli wal.TimeLineID, evs []walrec.Event) []Event {
+	var out []Event
+	for _, ev := range evs {
+		switch ev.Kind {
+		case walrec.Commit, walrec.Abort, walrec.CommitPrepared, walrec.AbortPrepared:
+			out = append(out, Event{TLI: tli, LSN: ev.LSN, Time: ev.Time, XID: uint64(ev.XID)})
+		case walrec.RestorePoint:
+			out = append(out, Event{TLI: tli, LSN: ev.LSN, Time: ev.Time, Name: ev.Name})
+		}
+	}
+	return out
 }

@@ -62,6 +62,9 @@ type Inventory struct {
 	// Events, in WAL order per timeline, when the repository has the index;
 	// nil when it has none, and planning falls back to backup times.
 	Events []Event
+	// IndexMissing counts the segments without an index, which leave
+	// Events nil.
+	IndexMissing int
 }
 
 // Plan is a restore decided before anything is downloaded.
@@ -168,7 +171,7 @@ func chooseBackup(inv Inventory, target Target, candidates []catalog.Backup, eve
 			return 0, catalog.Backup{}, fmt.Errorf("%s is outside the recoverable window %s; choose a time inside it", target.Time.UTC().Format(time.RFC3339Nano), w)
 		}
 		if events == nil {
-			*notes = append(*notes, "no commit-time index: the backup was chosen by its stop time")
+			*notes = append(*notes, noIndex(inv)+": the backup was chosen by its stop time")
 			for _, b := range slices.Backward(candidates) {
 				if !b.StopTime.After(target.Time) {
 					return walEnd, b, nil
@@ -177,8 +180,12 @@ func chooseBackup(inv Inventory, target Target, candidates []catalog.Backup, eve
 			return walEnd, candidates[0], nil
 		}
 		for _, b := range slices.Backward(candidates) {
-			stop, ok := timeStop(events, b.StartLSN, target)
-			if ok && stop >= b.EndLSN {
+			// The backup holds every commit before its end: none may be
+			// past the target.
+			if pastTarget(events, b.EndLSN, target) {
+				continue
+			}
+			if stop, ok := timeStop(events, b.EndLSN, target); ok {
 				return stop, b, nil
 			}
 		}
@@ -189,7 +196,7 @@ func chooseBackup(inv Inventory, target Target, candidates []catalog.Backup, eve
 			what = fmt.Sprintf("restore point %q", target.Name)
 		}
 		if events == nil {
-			*notes = append(*notes, "no commit-time index: restoring the oldest backup on the path, which precedes any "+what)
+			*notes = append(*notes, noIndex(inv)+": restoring the oldest backup on the path, which precedes any "+what)
 			return walEnd, candidates[0], nil
 		}
 		for _, b := range slices.Backward(candidates) {
@@ -219,19 +226,33 @@ func chooseBackup(inv Inventory, target Target, candidates []catalog.Backup, eve
 	return 0, catalog.Backup{}, fmt.Errorf("unknown target kind %d", target.Kind)
 }
 
-// timeStop is where a time target stops recovery that started at from: the
-// first commit or abort after it later than the target (at or later, when
-// exclusive), as PostgreSQL decides.
+// stopsAt tells whether a commit or abort at time t stops recovery to a
+// time target: later than it, or at it when exclusive, as PostgreSQL
+// decides.
+func stopsAt(t time.Time, target Target) bool {
+	return t.After(target.Time) || (target.Exclusive && t.Equal(target.Time))
+}
+
+// timeStop is where a time target stops recovery after from: the first
+// commit or abort from there that stopsAt.
 func timeStop(events []Event, from wal.LSN, target Target) (wal.LSN, bool) {
 	for _, e := range events {
-		if e.LSN < from || e.Name != "" {
-			continue
-		}
-		if e.Time.After(target.Time) || (target.Exclusive && e.Time.Equal(target.Time)) {
+		if e.LSN >= from && e.Name == "" && stopsAt(e.Time, target) {
 			return e.LSN, true
 		}
 	}
 	return 0, false
+}
+
+// pastTarget tells whether a commit or abort before end already stopsAt the
+// target: a backup ending at end holds a state after the target.
+func pastTarget(events []Event, end wal.LSN, target Target) bool {
+	for _, e := range events {
+		if e.LSN < end && e.Name == "" && stopsAt(e.Time, target) {
+			return true
+		}
+	}
+	return false
 }
 
 // RecoverableWindow is the span of --to-time targets along timeline tli (0:
@@ -252,8 +273,8 @@ func RecoverableWindow(inv Inventory, tli wal.TimeLineID) (Window, bool) {
 	return w, w.From.Before(w.To)
 }
 
-// window: a time target T is reachable from backup B when no commit between
-// B's start and end is later than T, and some commit after B is later than T.
+// window: a time target T is reachable from backup B when no commit before
+// B's end is later than T, and some commit after it is.
 func window(inv Inventory, candidates []catalog.Backup, events []Event, walEnd wal.LSN) Window {
 	oldest := candidates[0]
 	if events == nil {
@@ -265,9 +286,12 @@ func window(inv Inventory, candidates []catalog.Backup, events []Event, walEnd w
 		}
 		return w
 	}
+	// From the newest commit the oldest backup holds to the newest commit
+	// stored: a target T needs no commit later than T before the backup's
+	// end, and one after it.
 	w := Window{From: oldest.StartTime, Exact: true}
 	for _, e := range events {
-		if e.Name != "" || e.LSN < oldest.StartLSN || e.LSN >= walEnd {
+		if e.Name != "" || e.LSN >= walEnd {
 			continue
 		}
 		if e.LSN < oldest.EndLSN && e.Time.After(w.From) {
@@ -463,4 +487,11 @@ func hasSegment(e catalog.Extent, no uint64, segSize uint64) bool {
 		}
 	}
 	return true
+}
+
+func noIndex(inv Inventory) string {
+	if inv.IndexMissing > 0 {
+		return fmt.Sprintf("the commit-time index is incomplete (%d segments without one)", inv.IndexMissing)
+	}
+	return "no commit-time index"
 }

@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -114,6 +115,20 @@ func TestPlanTargets(t *testing.T) {
 				t.Errorf("notes %q, want one containing %q", p.Notes, tc.wantNote)
 			}
 		})
+	}
+}
+
+// TestPlanTimeBeforeBackup: a backup whose own span holds no commit may
+// still hold commits past the target from before it started.
+func TestPlanTimeBeforeBackup(t *testing.T) {
+	inv := oneTimeline()
+	inv.Events = slices.DeleteFunc(inv.Events, func(e Event) bool { return e.LSN >= 6*mib && e.LSN < 8*mib })
+	p, err := PlanRestore(inv, Target{Kind: ToTime, Time: at(3).Add(30 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Backup.ID != "b1" || p.Stop != 4*mib+0x200 {
+		t.Errorf("plan = backup %s, stop %s; want b1 (b2 holds the commits of minutes 4 and 5), stop 0/400200", p.Backup.ID, p.Stop)
 	}
 }
 

@@ -29,7 +29,7 @@ type Options struct {
 	// RestoreCommand makes the restore_command for the timeline recovery
 	// targets.
 	RestoreCommand func(tli wal.TimeLineID) string
-	Log      *slog.Logger
+	Log            *slog.Logger
 }
 
 // Restore plans the restore of opts.Target, extracts the chosen backup into
@@ -44,7 +44,8 @@ func Restore(ctx context.Context, repo *catalog.Repo, opts Options) (Plan, error
 	if opts.RestoreCommand == nil {
 		return Plan{}, errors.New("restore: no restore_command")
 	}
-	inv, err := LoadInventory(ctx, repo)
+	k := opts.Target.Kind
+	inv, err := LoadInventory(ctx, repo, k == ToTime || k == ToXID || k == ToName)
 	if err != nil {
 		return Plan{}, err
 	}

@@ -147,9 +147,9 @@ func restoreTargets(t *testing.T, bin string, version int, repoURL string, all b
 		{"time in the first backup's span", []string{"--to-time", markers[1].time}, markers[1].digest, b1, true},
 		{"time after the second backup", []string{"--to-time", markers[4].time}, markers[4].digest, b2, false},
 		{"lsn", []string{"--to-lsn", markers[3].lsn}, markers[3].digest, b2, false},
-		{"xid", []string{"--to-xid", markers[0].xid}, markers[0].digest, "", false},
-		{"xid exclusive", []string{"--to-xid", markers[5].xid, "--exclusive"}, markers[4].digest, "", true},
-		{"restore point", []string{"--to-name", markers[2].name}, markers[2].digest, "", true},
+		{"xid", []string{"--to-xid", markers[0].xid}, markers[0].digest, b1, false},
+		{"xid exclusive", []string{"--to-xid", markers[5].xid, "--exclusive"}, markers[4].digest, b2, true},
+		{"restore point", []string{"--to-name", markers[2].name}, markers[2].digest, b1, true},
 		{"chosen backup", []string{"--backup", b1, "--to-lsn", markers[4].lsn}, markers[4].digest, b1, false},
 	} {
 		if !all && !tc.always {
@@ -162,6 +162,9 @@ func restoreTargets(t *testing.T, bin string, version int, repoURL string, all b
 			}
 			if tc.backup != "" && !strings.Contains(out, "backup    "+tc.backup) {
 				t.Errorf("restored a backup other than %s:\n%s", tc.backup, out)
+			}
+			if strings.Contains(out, "commit-time index") {
+				t.Errorf("planned without the commit-time index:\n%s", out)
 			}
 			if _, err := os.Stat(filepath.Join(dir, "backup_manifest")); err != nil {
 				t.Errorf("backup_manifest not kept: %v", err)

@@ -54,7 +54,7 @@ func Verify(ctx context.Context, repo *catalog.Repo, concurrency int, log *slog.
 		log = slog.New(slog.DiscardHandler)
 	}
 	var r VerifyReport
-	inv, err := LoadInventory(ctx, repo)
+	inv, err := LoadInventory(ctx, repo, false)
 	if err != nil {
 		return r, err
 	}

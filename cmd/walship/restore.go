@@ -90,7 +90,8 @@ func (e *env) restoreCommand() *cli.Command {
 				return err
 			}
 			if c.Bool("dry-run") {
-				inv, err := restore.LoadInventory(c.Context, repo)
+				k := target.Kind
+				inv, err := restore.LoadInventory(c.Context, repo, k == restore.ToTime || k == restore.ToXID || k == restore.ToName)
 				if err != nil {
 					return err
 				}

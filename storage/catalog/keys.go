@@ -58,6 +58,7 @@ const (
 	History
 	BackupHistory // a backup history file, <segment>.OOOOOOOO.backup
 	Gap           // WAL before this segment was lost, <segment>.gap
+	Index         // the records of interest in a segment, <segment>.idx
 )
 
 // WALObject is a parsed WAL key.
@@ -97,6 +98,8 @@ func ParseWALKey(key string, segSize uint64) (WALObject, error) {
 		o.Kind = Partial
 	case suffix == "gap":
 		o.Kind = Gap
+	case suffix == "idx":
+		o.Kind = Index
 	case strings.HasPrefix(suffix, "pieces/") && len(suffix) == len("pieces/")+17 && suffix[len("pieces/")+8] == '-':
 		r := suffix[len("pieces/"):]
 		s, err1 := strconv.ParseUint(r[:8], 16, 32)
