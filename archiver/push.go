@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/walship/walship/internal/wal"
+	"github.com/walship/walship/internal/walrec"
 	"github.com/walship/walship/storage"
 	"github.com/walship/walship/storage/catalog"
 )
@@ -286,7 +287,30 @@ func (p *pusher) segment(ctx context.Context, name string, kind wal.Kind) error 
 		p.meta = &m
 		p.log.Info("created walship.json", pushAttrKey, catalog.MetaKey, "system_identifier", sysID, "wal_segment_size", segSize)
 	}
-	return p.store(ctx, key, check)
+	if err := p.store(ctx, key, check); err != nil {
+		return err
+	}
+	if kind == wal.KindSegment {
+		p.index(ctx, f.Segment, segSize)
+	}
+	return nil
+}
+
+// index stores the segment's commit-time index, as the archiver does. A
+// failure is only logged: restore then plans from backup times.
+func (p *pusher) index(ctx context.Context, seg wal.Segment, segSize uint64) {
+	key := catalog.IndexKey(seg, segSize)
+	if _, err := p.repo.Store().Stat(ctx, key); err == nil {
+		return
+	}
+	rec := walrec.NewReader(seg.Start(segSize), segSize)
+	if _, err := io.Copy(rec, io.NewSectionReader(p.file, 0, p.size)); err != nil {
+		p.log.Warn("cannot index the segment (commit times for --to-time); it is archived all the same", pushAttrKey, key, "error", err)
+		return
+	}
+	if _, err := p.repo.Create(ctx, key, bytes.NewReader(catalog.EncodeIndex(rec.Events()))); err != nil && !errors.Is(err, storage.ErrExist) {
+		p.log.Warn("store the segment's index", pushAttrKey, key, "error", err)
+	}
 }
 
 // store writes the file under key unless the key is taken, and then compares.

@@ -76,7 +76,7 @@ echo "== walship list --pg ..."
 run_pg "$bin" --repo "$repo" list --pg "$pg"
 
 echo
-seg=$(ls "$work/repo/wal/00000001" | grep -v pieces | sort | tail -n 1)
+seg=$(ls "$work/repo/wal/00000001" | grep -v '\.' | sort | tail -n 1)
 echo "== walship wal-fetch $seg, read by pg_waldump"
 run_pg mkdir "$work/fetched"
 run_pg "$bin" --repo "$repo" wal-fetch "$seg" "$work/fetched/$seg"
@@ -99,6 +99,10 @@ rows=$("$pgbin/psql" -d "host=$work/rsock port=5432 user=postgres dbname=postgre
 run_pg "$pgbin/pg_ctl" -D "$work/restored" -m fast stop >/dev/null
 echo "the restored cluster has $rows rows in pitr (the primary has $(psql -c "SELECT count(*) FROM pitr"))"
 [[ $rows == 1000 ]] || { echo "restore to $moment should hold 1000 rows"; exit 1; }
+
+echo
+echo "== walship list: the recoverable window, from the commit times the archiver indexed"
+run_pg "$bin" --repo "$repo" list | tail -n 2
 
 echo
 echo "== walship verify"

@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/internal/wal"
+	"github.com/walship/walship/restore"
 	"github.com/walship/walship/scheduler"
 	"github.com/walship/walship/storage/catalog"
 )
@@ -28,16 +29,20 @@ type listing struct {
 	Invalid    map[string]string `json:"invalid_backups,omitempty"`
 	Slot       *slotState        `json:"slot,omitempty"`
 	NextBackup string            `json:"next_backup_due,omitempty"`
-	// Window is the recoverable window as far as backups and stored WAL
-	// tell: from the oldest backup's consistency point to when the newest
-	// WAL was stored.
-	Window *window `json:"recoverable_window,omitempty"`
+	// Window is the recoverable window of the timeline with the newest
+	// WAL; Windows has every timeline's.
+	Window  *window  `json:"recoverable_window,omitempty"`
+	Windows []window `json:"recoverable_windows,omitempty"`
 }
 
+// window is the span of times --to-time may name along a timeline: exact
+// from the commit times in the WAL, or else approximate, from backup and
+// object times.
 type window struct {
 	From     time.Time `json:"from"`
 	To       time.Time `json:"to"`
 	Timeline uint32    `json:"timeline"`
+	Exact    bool      `json:"exact"`
 }
 
 type walExtent struct {
@@ -132,10 +137,24 @@ func collect(ctx context.Context, repo *catalog.Repo) (listing, error) {
 		return l, err
 	}
 	if len(l.Backups) > 0 && len(ext) > 0 {
-		newest := ext[len(ext)-1]
-		oldest := l.Backups[0]
-		if newest.TLI != 0 && !newest.Newest.Before(oldest.StopTime) {
-			l.Window = &window{From: oldest.StopTime, To: newest.Newest.UTC(), Timeline: uint32(newest.TLI)}
+		inv, err := restore.LoadInventory(ctx, repo, true)
+		if err != nil {
+			return l, err
+		}
+		latest, _ := restore.PlanRestore(inv, restore.Target{Kind: restore.Latest})
+		for _, x := range ext {
+			if x.TLI == 0 {
+				continue
+			}
+			rw, ok := restore.RecoverableWindow(inv, x.TLI)
+			if !ok {
+				continue
+			}
+			w := window{From: rw.From.UTC(), To: rw.To.UTC(), Timeline: uint32(x.TLI), Exact: rw.Exact}
+			l.Windows = append(l.Windows, w)
+			if x.TLI == latest.Timeline {
+				l.Window = &w
+			}
 		}
 	}
 	for _, x := range ext {
@@ -234,9 +253,20 @@ func printListing(w io.Writer, l listing) {
 	for id, err := range l.Invalid {
 		fmt.Fprintf(w, "\nbackup %s is unreadable: %s\n", id, err)
 	}
-	if l.Window != nil {
-		fmt.Fprintf(w, "\nrecoverable from %s (the oldest backup's end) to about %s (the newest WAL stored), timeline %d\n",
-			l.Window.From.Format(time.RFC3339), l.Window.To.Format(time.RFC3339), l.Window.Timeline)
+	if len(l.Backups) > 0 && len(l.Windows) == 0 {
+		fmt.Fprintf(w, "\nno --to-time target yet: nothing committed after the oldest backup's end\n")
+	}
+	for _, win := range l.Windows {
+		how := "exact, from the commit times in the WAL"
+		if !win.Exact {
+			how = "approximate, from backup and object times"
+		}
+		latest := ""
+		if l.Window != nil && l.Window.Timeline == win.Timeline {
+			latest = ", the latest"
+		}
+		fmt.Fprintf(w, "\ntimeline %d%s: --to-time from %s up to (not including) %s (%s)\n", win.Timeline, latest,
+			win.From.Format(time.RFC3339Nano), win.To.Format(time.RFC3339Nano), how)
 	}
 	if l.NextBackup != "" {
 		fmt.Fprintf(w, "\nnext backup due %s\n", l.NextBackup)
