@@ -13,7 +13,18 @@ import (
 // renamed over dest, and the directory is synced. On any failure the
 // temporary file is removed. Errors of the local file system are
 // permanent.
-func writeAtomic(dest string, fill func(*os.File) error) (err error) {
+func writeAtomic(dest string, fill func(*os.File) error) error {
+	return writeFile(dest, true, fill)
+}
+
+// writeUnsynced is writeAtomic without the fsyncs, for a file that a crash
+// may lose but must never leave half-written under its name: what
+// restore_command writes, which PostgreSQL fetches again after a crash.
+func writeUnsynced(dest string, fill func(*os.File) error) error {
+	return writeFile(dest, false, fill)
+}
+
+func writeFile(dest string, sync bool, fill func(*os.File) error) (err error) {
 	dir := filepath.Dir(dest)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(dest)+".walship-*")
 	if err != nil {
@@ -30,6 +41,16 @@ func writeAtomic(dest string, fill func(*os.File) error) (err error) {
 	}()
 	if err := fill(tmp); err != nil {
 		return err
+	}
+	if !sync {
+		closed = true
+		if err := tmp.Close(); err != nil {
+			return permanent(fmt.Errorf("close %s: %w", tmp.Name(), err))
+		}
+		if err := os.Rename(tmp.Name(), dest); err != nil {
+			return permanent(fmt.Errorf("rename %s to %s: %w", tmp.Name(), dest, err))
+		}
+		return nil
 	}
 	if err := tmp.Sync(); err != nil {
 		return permanent(fmt.Errorf("sync %s: %w", tmp.Name(), err))

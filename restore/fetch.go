@@ -111,16 +111,8 @@ func (f *Fetcher) Fetch(ctx context.Context, name, dest string) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if f.Spool != nil && spoolable(name) {
-		start := time.Now()
-		taken, err := f.Spool.Take(name, dest, f.SpoolWait)
-		if err != nil {
-			return err
-		}
-		if taken {
-			log.Info("fetched from the prefetch spool", attrName, name, attrTook, time.Since(start).Round(time.Microsecond))
-			return nil
-		}
+	if taken, err := f.FromSpool(name, dest); taken || err != nil {
+		return err
 	}
 	for attempt := 1; ; attempt++ {
 		err := f.fetch(ctx, log, name, dest)
@@ -135,6 +127,21 @@ func (f *Fetcher) Fetch(ctx context.Context, name, dest string) error {
 		}
 		backoff *= 2
 	}
+}
+
+// FromSpool moves segment name from f.Spool to dest, if the spool has it
+// or gets it within f.SpoolWait. It needs no repository, so that a caller
+// can open one only when the spool misses.
+func (f *Fetcher) FromSpool(name, dest string) (bool, error) {
+	if f.Spool == nil || !spoolable(name) {
+		return false, nil
+	}
+	start := time.Now()
+	taken, err := f.Spool.Take(name, dest, f.SpoolWait)
+	if taken && f.Log != nil {
+		f.Log.Info("fetched from the prefetch spool", attrName, name, attrTook, time.Since(start).Round(time.Microsecond))
+	}
+	return taken, err
 }
 
 // permanentError marks an error that trying again cannot fix.
@@ -196,6 +203,15 @@ type fetch struct {
 	name  string
 	dest  string
 	start time.Time
+	sync  bool // fsync dest: for the spool, not for restore_command's file
+}
+
+// write writes dest atomically, synced if o.sync.
+func (o *fetch) write(fill func(*os.File) error) error {
+	if o.sync {
+		return writeAtomic(o.dest, fill)
+	}
+	return writeUnsynced(o.dest, fill)
 }
 
 // object writes the payload of key to dest. It must be at most limit bytes,
@@ -211,7 +227,7 @@ func (o *fetch) object(ctx context.Context, key string, limit, exact int64) erro
 	}
 	defer rc.Close()
 	var n int64
-	err = writeAtomic(o.dest, func(w *os.File) error {
+	err = o.write(func(w *os.File) error {
 		var err error
 		n, err = copyTo(w, io.LimitReader(rc, limit+1), key)
 		if err != nil {
@@ -297,7 +313,7 @@ func (o *fetch) tip(ctx context.Context, seg wal.Segment, segSize uint64) error 
 	}
 	var end int64
 	var used int
-	err = writeAtomic(o.dest, func(w *os.File) error {
+	err = o.write(func(w *os.File) error {
 		buf, cmp := make([]byte, copyBuf), make([]byte, copyBuf)
 		for _, p := range pieces {
 			if int64(p.Start) > end {

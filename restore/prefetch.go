@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/walship/walship/internal/durable"
 	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/storage/catalog"
 )
@@ -51,7 +50,7 @@ func (s Spool) Take(name, dest string, wait time.Duration) (bool, error) {
 		err := os.Rename(path, dest)
 		if err == nil {
 			s.prune(name)
-			return true, durable.SyncDir(filepath.Dir(dest))
+			return true, nil // unsynced, as restore_command's file may be
 		}
 		if errors.Is(err, syscall.EXDEV) {
 			return false, nil // another file system: fetch it as usual
@@ -83,6 +82,24 @@ func (s Spool) prune(name string) {
 			_ = os.Remove(filepath.Join(s.Dir, n))
 		}
 	}
+}
+
+// Ahead counts the segments of name's timeline after name that are spooled
+// or being downloaded, so that a caller starts a prefetcher only when the
+// spool runs low.
+func (s Spool) Ahead(name string) int {
+	entries, err := os.ReadDir(s.Dir)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, e := range entries {
+		seg := strings.TrimSuffix(e.Name(), ".claim")
+		if len(seg) == len(name) && seg[:8] == name[:8] && seg > name {
+			n++
+		}
+	}
+	return n
 }
 
 // claim takes the right to download name; false when another prefetcher
@@ -154,7 +171,9 @@ func (f *Fetcher) Prefetch(ctx context.Context, spool Spool, name string, count,
 		wg.Go(func() {
 			defer func() { <-sem }()
 			defer spool.release(next)
-			o := &fetch{Fetcher: f, log: log, name: next, dest: filepath.Join(spool.Dir, next), start: time.Now()}
+			// Synced: a spooled file that a power failure left torn under
+			// its name would be served.
+			o := &fetch{Fetcher: f, log: log, name: next, dest: filepath.Join(spool.Dir, next), start: time.Now(), sync: true}
 			err := o.object(ctx, catalog.SegmentKey(seg, meta.SegmentSize), int64(meta.SegmentSize), int64(meta.SegmentSize))
 			if errors.Is(err, ErrNotFound) {
 				mu.Lock()

@@ -2,7 +2,10 @@
 // taken by walship (to a file repository and to MinIO), pg_basebackup and
 // pgBackRest, one after the other in one run, and prints for each the wall
 // and CPU seconds, peak RSS, the bytes it stored and walship's wall time as
-// a ratio to each peer's.
+// a ratio to each peer's. Then it restores each tool's newest backup the
+// same way (see restoreBench), and times restore_command per segment:
+// walship wal-fetch with and without prefetch against pgbackrest archive-get
+// (see walFetchBench).
 //
 //	go run ./bench/backup [-scale 100] [-walship bin/walship] [-rounds 3]
 //
@@ -71,11 +74,12 @@ const (
 func main() {
 	scale := flag.Int("scale", 100, "pgbench scale of the database backed up (100 is about 1.5 GB)")
 	walship := flag.String("walship", "bin/walship", "walship binary (make build)")
-	rounds := flag.Int("rounds", 3, "backups per tool, in a rotated order each round; the summary is the median")
+	rounds := flag.Int("rounds", 3, "backups and restores per tool, in a rotated order each round; the summary is the median")
+	segments := flag.Int("wal-segments", 32, "16 MB segments fetched one by one in the restore_command comparison (0: skip it)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *scale, *walship, max(*rounds, 1)); err != nil {
+	if err := run(ctx, *scale, *walship, max(*rounds, 1), *segments); err != nil {
 		fmt.Fprintln(os.Stderr, "backup:", err)
 		os.Exit(1)
 	}
@@ -99,7 +103,7 @@ type result struct {
 // The first four tools, by index; the ratios compare them.
 const walshipFile, walshipS3, basebackup, pgBackRest = 0, 1, 2, 3
 
-func run(ctx context.Context, scale int, walship string, rounds int) error {
+func run(ctx context.Context, scale int, walship string, rounds, segments int) error {
 	walship, err := filepath.Abs(walship)
 	if err != nil {
 		return err
@@ -256,6 +260,12 @@ func run(ctx context.Context, scale int, walship string, rounds int) error {
 	fmt.Printf("%-26s %16s %16s\n", "", "pg_basebackup", "pgBackRest")
 	for _, i := range []int{walshipFile, walshipS3} {
 		fmt.Printf("%-26s %16.2f %16.2f\n", tools[i].name, med[i].wall/med[basebackup].wall, med[i].wall/med[pgBackRest].wall)
+	}
+	if err := restoreBench(ctx, env, work, walship, fileRepo, s3Repo, pgbackrest, conn, rounds); err != nil {
+		return err
+	}
+	if segments > 0 {
+		return walFetchBench(ctx, env, work, data, walship, fileRepo, pgbackrest, conn, segments)
 	}
 	return nil
 }
@@ -417,20 +427,9 @@ func median(rs []result) result {
 	}
 }
 
-// ensurePgBackRest installs Debian's pgbackrest when it is not on PATH,
-// refreshing the package lists only if the first try fails.
+// ensurePgBackRest installs Debian's pgbackrest when it is not on PATH.
 func ensurePgBackRest(ctx context.Context) error {
-	if _, err := exec.LookPath("pgbackrest"); err == nil {
-		return nil
-	}
-	fmt.Println("installing pgbackrest (apt-get install -y pgbackrest)")
-	if sh(ctx, "apt-get", "install", "-y", "pgbackrest") == nil {
-		return nil
-	}
-	if err := sh(ctx, "apt-get", "update"); err != nil {
-		return fmt.Errorf("apt-get update: %w", err)
-	}
-	return sh(ctx, "apt-get", "install", "-y", "pgbackrest")
+	return ensurePackage(ctx, "pgbackrest", "pgbackrest")
 }
 
 // dirBytes sums the sizes of the regular files under dir.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -81,23 +82,28 @@ func (e *env) walFetchCommand() *cli.Command {
 			if n := c.Int("prefetch"); n < 0 || n > 256 {
 				return fetchExit(usagef("--prefetch %d: want 0 to 256", n))
 			}
+			name, dest := c.Args().Get(0), c.Args().Get(1)
+			f := &restore.Fetcher{Log: e.log, SpoolWait: 30 * time.Second, NoPieces: c.Bool("no-pieces"), TipTimeline: wal.TimeLineID(c.Uint("tip-timeline"))}
+			if spool := spoolDir(c); spool != "" {
+				f.Spool = &restore.Spool{Dir: spool}
+				if n := c.Int("prefetch"); n > 0 && len(name) == 24 && f.Spool.Ahead(name) <= n/2 {
+					// First, so that the next segments download while
+					// this one does; only when the spool runs low, so
+					// that most calls start no process.
+					startPrefetch(c, spool, name, e)
+				}
+				// Before opening the repository, which a hit never needs.
+				if taken, err := f.FromSpool(name, dest); taken || err != nil {
+					return fetchExit(err)
+				}
+				f.Spool = nil
+			}
 			repo, err := openCatalog(c)
 			if err != nil {
 				return fetchExit(err)
 			}
-			name := c.Args().Get(0)
-			f := &restore.Fetcher{Repo: repo, Log: e.log, SpoolWait: 30 * time.Second, NoPieces: c.Bool("no-pieces"), TipTimeline: wal.TimeLineID(c.Uint("tip-timeline"))}
-			spool := spoolDir(c)
-			if spool != "" {
-				f.Spool = &restore.Spool{Dir: spool}
-			}
-			if err := f.Fetch(c.Context, name, c.Args().Get(1)); err != nil {
-				return fetchExit(err)
-			}
-			if spool != "" && c.Int("prefetch") > 0 && len(name) == 24 {
-				startPrefetch(c, spool, name, e)
-			}
-			return nil
+			f.Repo = repo
+			return fetchExit(f.Fetch(c.Context, name, dest))
 		},
 	}
 }
@@ -117,7 +123,9 @@ func (e *env) walPrefetchCommand() *cli.Command {
 				return err
 			}
 			f := &restore.Fetcher{Repo: repo, Log: e.log}
-			return f.Prefetch(c.Context, restore.Spool{Dir: c.String("spool")}, c.Args().First(), c.Int("count"), min(c.Int("count"), 4))
+			// In order, as many at once as there are cores: the next
+			// segment recovery wants comes first.
+			return f.Prefetch(c.Context, restore.Spool{Dir: c.String("spool")}, c.Args().First(), c.Int("count"), min(c.Int("count"), runtime.NumCPU()))
 		},
 	}
 }
