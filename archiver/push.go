@@ -49,25 +49,6 @@ const (
 	pushLongHeaderFlag = 0x0002
 )
 
-// pushMagicVersion returns the PostgreSQL major version whose WAL pages carry
-// magic as xlp_magic (XLOG_PAGE_MAGIC), or 0 for a magic that walship does
-// not know.
-func pushMagicVersion(magic uint16) int {
-	switch magic {
-	case 0xD10D:
-		return 14
-	case 0xD110:
-		return 15
-	case 0xD113:
-		return 16
-	case 0xD116:
-		return 17
-	case 0xD118:
-		return 18
-	}
-	return 0
-}
-
 // Push archives one file that PostgreSQL hands to archive_command as %p: a
 // WAL segment, a segment cut short by a promotion (.partial), a timeline
 // history file (TTTTTTTT.history) or a backup history file
@@ -224,7 +205,7 @@ func (p *pusher) segment(ctx context.Context, name string, kind wal.Kind) error 
 		return fmt.Errorf("wal-push %s: %s; this is not a WAL segment of this name that PostgreSQL 14 to 18 wrote, so it is not archived",
 			p.path, fmt.Sprintf(why, a...))
 	}
-	if pushMagicVersion(h.magic) == 0 {
+	if wal.VersionOfPageMagic(h.magic) == 0 {
 		return notWAL("page magic %#04x is not that of PostgreSQL 14 to 18", h.magic)
 	}
 	if h.info&pushLongHeaderFlag == 0 {

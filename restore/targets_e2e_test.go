@@ -61,7 +61,11 @@ func TestRestoreTargets(t *testing.T) {
 		backend string
 	}{{14, "minio"}, {15, "s3"}, {17, "file"}, {18, "s3"}} {
 		t.Run(fmt.Sprintf("pg%d-%s", m.version, m.backend), func(t *testing.T) {
-			restoreTargets(t, bin, m.version, repos[m.backend](t), false)
+			repo := repos[m.backend](t)
+			restoreTargets(t, bin, m.version, repo, false)
+			if m.version == 15 {
+				storageOutage(t, bin, m.version, repo, srv.URL())
+			}
 		})
 	}
 }
@@ -405,4 +409,64 @@ func openFileRepo(t *testing.T, dir string) *catalog.Repo {
 		t.Fatal(err)
 	}
 	return catalog.New(st, catalog.Options{})
+}
+
+// storageOutage restores the latest state, then makes the repository
+// unreachable from the server's restore_command (its endpoint points at a
+// closed port, as in an outage) before starting PostgreSQL: wal-fetch
+// retries, then exits 126, and recovery stops with an error instead of
+// ending early and promoting with less than was archived.
+func storageOutage(t *testing.T, bin string, version int, repoURL, endpoint string) {
+	t.Run("storage outage during recovery", func(t *testing.T) {
+		dir := filepath.Join(pgtest.MkdirOwned(t), "data")
+		cmd := exec.Command(bin, "--repo", repoURL, "restore", "--target-dir", dir)
+		pgtest.RunAs(t, cmd)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("restore: %v\n%s", err, out)
+		}
+		auto := filepath.Join(dir, "postgresql.auto.conf")
+		b, err := os.ReadFile(auto)
+		if err != nil {
+			t.Fatal(err)
+		}
+		down := strings.ReplaceAll(string(b), strings.TrimPrefix(endpoint, "http://"), "127.0.0.1:1")
+		if down == string(b) {
+			t.Fatalf("restore_command does not name the endpoint %s:\n%s", endpoint, b)
+		}
+		if err := os.WriteFile(auto, []byte(down), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		pgtest.Own(t, dir)
+		bins, err := pgtest.BinDir(version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		server := exec.Command(filepath.Join(bins, "postgres"), "-D", dir, "-c", fmt.Sprintf("port=%d", freeTCPPort(t)),
+			"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="+dir)
+		pgtest.RunAs(t, server)
+		var log strings.Builder
+		server.Stdout, server.Stderr = &log, &log
+		if err := server.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- server.Wait() }()
+		select {
+		case err = <-done:
+		case <-time.After(3 * time.Minute):
+			_ = server.Process.Kill()
+			<-done
+			t.Fatalf("PostgreSQL kept running through the outage:\n%s", lastLines(log.String(), 20))
+		}
+		out := log.String()
+		if err == nil || strings.Contains(out, "archive recovery complete") || strings.Contains(out, "selected new timeline") {
+			t.Errorf("recovery ended instead of stopping (exit %v):\n%s", err, lastLines(out, 20))
+		}
+		if !strings.Contains(out, "wal-fetch") {
+			t.Errorf("the server log does not show wal-fetch failing:\n%s", lastLines(out, 20))
+		}
+		if _, err := os.Stat(filepath.Join(dir, "recovery.signal")); err != nil {
+			t.Errorf("recovery.signal is gone: the node left recovery (%v)", err)
+		}
+	})
 }

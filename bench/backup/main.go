@@ -245,17 +245,7 @@ func run(ctx context.Context, scale int, walship string, rounds, segments int) e
 			}
 		}
 	}
-	med := make([]result, len(tools))
-	for i := range tools {
-		med[i] = median(results[i])
-	}
-	if rounds > 1 {
-		fmt.Printf("\nmedian of %d rounds\n", rounds)
-		printHeader()
-		for i, t := range tools {
-			printRow(t.name, med[i])
-		}
-	}
+	med := medians(tools, results)
 	fmt.Printf("\nwalship's wall time / the peer's (below 1: walship is faster)\n")
 	fmt.Printf("%-26s %16s %16s\n", "", "pg_basebackup", "pgBackRest")
 	for _, i := range []int{walshipFile, walshipS3} {
@@ -401,6 +391,23 @@ func printRow(name string, r result) {
 	}
 	fmt.Printf("%-42s %7.2f %7.2f %7.2f %9s %6.1f MiB %6.1f MiB %11s\n", name, r.wall, r.cpu, r.pgCPU, minio,
 		float64(r.maxRSS)/mib, float64(r.treeRSS)/mib, stored)
+}
+
+// medians is each tool's median result, printed when there was more than
+// one round.
+func medians(tools []tool, results [][]result) []result {
+	med := make([]result, len(tools))
+	for i := range tools {
+		med[i] = median(results[i])
+	}
+	if len(results) > 0 && len(results[0]) > 1 {
+		fmt.Printf("\nmedian of %d rounds\n", len(results[0]))
+		printHeader()
+		for i, t := range tools {
+			printRow(t.name, med[i])
+		}
+	}
+	return med
 }
 
 // median is the median of each column on its own.

@@ -66,17 +66,7 @@ func restoreBench(ctx context.Context, env []string, work, walship, fileRepo, s3
 		}
 	}
 	_ = os.RemoveAll(target)
-	med := make([]result, len(tools))
-	for i := range tools {
-		med[i] = median(results[i])
-	}
-	if rounds > 1 {
-		fmt.Printf("\nmedian of %d rounds\n", rounds)
-		printHeader()
-		for i, t := range tools {
-			printRow(t.name, med[i])
-		}
-	}
+	med := medians(tools, results)
 	fmt.Printf("\nwalship's restore time / the peer's (below 1: walship is faster)\n")
 	fmt.Printf("%-34s %18s %18s\n", "", "pgbackrest restore", "zstd | tar")
 	for _, i := range []int{walshipFile, walshipS3} {

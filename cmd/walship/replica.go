@@ -1,9 +1,6 @@
 package main
 
 import (
-	"path/filepath"
-	"strings"
-
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/archiver"
@@ -13,12 +10,12 @@ import (
 
 func (e *env) replicaCommand() *cli.Command {
 	flags := append([]cli.Flag{
-		&cli.StringFlag{Name: "target-dir", EnvVars: []string{"WALSHIP_TARGET_DIR"}, Required: true, TakesFile: true, Usage: "the data `DIR` to create: empty or absent"},
+		targetDirFlag(),
 		&cli.StringFlag{Name: "primary-conninfo", EnvVars: []string{"WALSHIP_PRIMARY_CONNINFO"}, Required: true, Usage: "primary_conninfo: how the standby reaches the primary (`CONNSTR`, libpq keyword/value; keep the password in the standby user's .pgpass)"},
 		&cli.StringFlag{Name: "slot", EnvVars: []string{"WALSHIP_REPLICA_SLOT"}, Usage: "primary_slot_name: the physical `SLOT` the standby streams from"},
 		&cli.BoolFlag{Name: "create-slot", EnvVars: []string{"WALSHIP_CREATE_SLOT"}, Usage: "create --slot on the primary (RESERVE_WAL) through --primary-conninfo if it does not exist"},
 		&cli.StringFlag{Name: "backup", EnvVars: []string{"WALSHIP_BACKUP"}, Usage: "seed from backup `ID` instead of the newest"},
-		&cli.StringSliceFlag{Name: "tablespace-map", EnvVars: []string{"WALSHIP_TABLESPACE_MAP"}, Usage: "restore a tablespace elsewhere: `OLD=NEW`, as for restore"},
+		tablespaceMapFlag(),
 	}, repoFlags()...)
 	return &cli.Command{
 		Name:  "replica",
@@ -34,9 +31,9 @@ func (e *env) replicaCommand() *cli.Command {
 			return usageError{err}
 		},
 		Action: func(c *cli.Context) error {
-			dir, err := filepath.Abs(c.String("target-dir"))
+			dir, tablespaces, err := targetDirs(c)
 			if err != nil {
-				return usagef("--target-dir: %v", err)
+				return err
 			}
 			slot := c.String("slot")
 			if slot != "" {
@@ -46,14 +43,6 @@ func (e *env) replicaCommand() *cli.Command {
 			}
 			if c.Bool("create-slot") && slot == "" {
 				return usagef("--create-slot needs --slot")
-			}
-			tablespaces := map[string]string{}
-			for _, m := range c.StringSlice("tablespace-map") {
-				old, dst, ok := strings.Cut(m, "=")
-				if !ok || old == "" || dst == "" {
-					return usagef("--tablespace-map %q: want OLD=NEW, OLD a tablespace's OID or original location", m)
-				}
-				tablespaces[old] = dst
 			}
 			fetchCmd, err := restoreCommand(c)
 			if err != nil {

@@ -17,7 +17,7 @@ import (
 
 func (e *env) restoreCommand() *cli.Command {
 	flags := append([]cli.Flag{
-		&cli.StringFlag{Name: "target-dir", EnvVars: []string{"WALSHIP_TARGET_DIR"}, Required: true, TakesFile: true, Usage: "the data `DIR` to create: empty or absent"},
+		targetDirFlag(),
 		&cli.StringFlag{Name: "to-time", EnvVars: []string{"WALSHIP_TO_TIME"}, Usage: "recover to `TIME`: RFC 3339 (2026-11-28T10:15:00.123456Z) or PostgreSQL's form (2026-11-28 10:15:00+00); a zone is required"},
 		&cli.StringFlag{Name: "to-lsn", EnvVars: []string{"WALSHIP_TO_LSN"}, Usage: "recover to `LSN` (X/X)"},
 		&cli.StringFlag{Name: "to-xid", EnvVars: []string{"WALSHIP_TO_XID"}, Usage: "recover to the commit or abort of transaction `XID`"},
@@ -27,7 +27,7 @@ func (e *env) restoreCommand() *cli.Command {
 		&cli.StringFlag{Name: "backup", EnvVars: []string{"WALSHIP_BACKUP"}, Usage: "restore backup `ID` instead of the newest one that reaches the target"},
 		&cli.StringFlag{Name: "timeline", EnvVars: []string{"WALSHIP_TIMELINE"}, Usage: "recover along timeline `TLI` (decimal, or 0x hex) instead of the one with the newest WAL"},
 		&cli.StringFlag{Name: "target-action", EnvVars: []string{"WALSHIP_TARGET_ACTION"}, Value: "promote", Usage: "what the server does at the target: promote, pause or shutdown"},
-		&cli.StringSliceFlag{Name: "tablespace-map", EnvVars: []string{"WALSHIP_TABLESPACE_MAP"}, Usage: "restore a tablespace elsewhere: `OLD=NEW`, OLD its OID or original location, NEW an empty or absent absolute directory; repeat it"},
+		tablespaceMapFlag(),
 		&cli.BoolFlag{Name: "keep-archiving", EnvVars: []string{"WALSHIP_KEEP_ARCHIVING"}, Usage: "keep the source's archive settings (by default the restored node does not archive, so it never writes into the source's repository)"},
 		&cli.BoolFlag{Name: "dry-run", Usage: "print the plan and change nothing"},
 		&cli.BoolFlag{Name: "start", EnvVars: []string{"WALSHIP_START"}, Usage: "run PostgreSQL until recovery reaches the target and report where it ended (not as root)"},
@@ -54,17 +54,9 @@ func (e *env) restoreCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			dir, err := filepath.Abs(c.String("target-dir"))
+			dir, tablespaces, err := targetDirs(c)
 			if err != nil {
-				return usagef("--target-dir: %v", err)
-			}
-			tablespaces := map[string]string{}
-			for _, m := range c.StringSlice("tablespace-map") {
-				old, dst, ok := strings.Cut(m, "=")
-				if !ok || old == "" || dst == "" {
-					return usagef("--tablespace-map %q: want OLD=NEW, OLD a tablespace's OID or original location", m)
-				}
-				tablespaces[old] = dst
+				return err
 			}
 			if c.Bool("keep-running") && !c.Bool("start") {
 				return usagef("--keep-running needs --start")
@@ -249,4 +241,29 @@ func restoreCommand(c *cli.Context) (func(fetchFlags ...string) string, error) {
 	return func(fetchFlags ...string) string {
 		return restore.RestoreCommand(self, repoURL, id, fetchFlags...)
 	}, nil
+}
+
+func targetDirFlag() cli.Flag {
+	return &cli.StringFlag{Name: "target-dir", EnvVars: []string{"WALSHIP_TARGET_DIR"}, Required: true, TakesFile: true, Usage: "the data `DIR` to create: empty or absent"}
+}
+
+func tablespaceMapFlag() cli.Flag {
+	return &cli.StringSliceFlag{Name: "tablespace-map", EnvVars: []string{"WALSHIP_TABLESPACE_MAP"}, Usage: "restore a tablespace elsewhere: `OLD=NEW`, OLD its OID or original location, NEW an empty or absent absolute directory; repeat it"}
+}
+
+// targetDirs reads --target-dir, made absolute, and --tablespace-map.
+func targetDirs(c *cli.Context) (string, map[string]string, error) {
+	dir, err := filepath.Abs(c.String("target-dir"))
+	if err != nil {
+		return "", nil, usagef("--target-dir: %v", err)
+	}
+	tablespaces := map[string]string{}
+	for _, m := range c.StringSlice("tablespace-map") {
+		old, dst, ok := strings.Cut(m, "=")
+		if !ok || old == "" || dst == "" {
+			return "", nil, usagef("--tablespace-map %q: want OLD=NEW, OLD a tablespace's OID or original location", m)
+		}
+		tablespaces[old] = dst
+	}
+	return dir, tablespaces, nil
 }

@@ -187,3 +187,22 @@ func ParseHistory(b []byte) ([]HistoryEntry, error) {
 	}
 	return out, nil
 }
+
+// VersionOfPageMagic returns the PostgreSQL major version whose WAL pages
+// carry magic as xlp_magic (XLOG_PAGE_MAGIC), or 0 for one that walship does
+// not know.
+func VersionOfPageMagic(magic uint16) int {
+	switch magic {
+	case 0xD10D:
+		return 14
+	case 0xD110:
+		return 15
+	case 0xD113:
+		return 16
+	case 0xD116:
+		return 17
+	case 0xD118:
+		return 18
+	}
+	return 0
+}

@@ -9,24 +9,6 @@ import (
 	"github.com/walship/walship/internal/wal"
 )
 
-// versionOf returns the PostgreSQL major version whose XLOG_PAGE_MAGIC is
-// magic, or 0.
-func versionOf(magic uint16) int {
-	switch magic {
-	case 0xD10D:
-		return 14
-	case 0xD110:
-		return 15
-	case 0xD113:
-		return 16
-	case 0xD116:
-		return 17
-	case 0xD118:
-		return 18
-	}
-	return 0
-}
-
 // Block reference headers, from xlogrecord.h.
 const (
 	// headMax bounds the block headers of a record: 33 block references of

@@ -240,7 +240,7 @@ func (r *Reader) checkPage(h []byte) error {
 	info := binary.LittleEndian.Uint16(h[2:])
 	addr := binary.LittleEndian.Uint64(h[8:])
 	rem := binary.LittleEndian.Uint32(h[16:])
-	v := versionOf(magic)
+	v := wal.VersionOfPageMagic(magic)
 	switch {
 	case v == 0:
 		return fmt.Errorf("walrec: page at %s has magic %04X, not that of PostgreSQL 14-18 WAL (D10D, D110, D113, D116 or D118); feed WAL segments from their first byte, in order", at, magic)

@@ -103,7 +103,7 @@ func TestEvents(t *testing.T) {
 
 func TestPrepared(t *testing.T) {
 	for _, magic := range []uint16{0xD10D, 0xD110, 0xD113, 0xD116, 0xD118} {
-		v := versionOf(magic)
+		v := wal.VersionOfPageMagic(magic)
 		b := newBuilder(seg1)
 		b.magic = magic
 		lsn1, end1 := b.record(rmXact, xactCommitPrepared|xactHasInfo, 0, mainData(xactFull(v, CommitPrepared, t0, 4242)))
