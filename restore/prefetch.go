@@ -31,8 +31,13 @@ type Spool struct {
 // SpoolDir is the default spool of a data directory for a repository: a
 // directory per repository, so that two repositories never share segments.
 func SpoolDir(dataDir, repoURL string) string {
+	return filepath.Join(dataDir, spoolRel(repoURL))
+}
+
+// spoolRel is the default spool relative to the data directory.
+func spoolRel(repoURL string) string {
 	h := sha256.Sum256([]byte(repoURL))
-	return filepath.Join(dataDir, "walship_prefetch", hex.EncodeToString(h[:6]))
+	return filepath.Join("walship_prefetch", hex.EncodeToString(h[:6]))
 }
 
 // claimTTL is how long a claim keeps others off a segment; a prefetcher
@@ -134,17 +139,39 @@ func (f *Fetcher) Prefetch(ctx context.Context, spool Spool, name string, count,
 	if err != nil {
 		return err
 	}
-	file, err := wal.ParseFileName(name, meta.SegmentSize)
-	if err != nil || file.Kind != wal.KindSegment {
-		return fmt.Errorf("prefetch after %q: not a segment's file name", name)
+	seg, err := spoolSegment(name, meta.SegmentSize)
+	if err != nil {
+		return err
 	}
-	// The spool and its parent, but never above: if the data directory
-	// is gone, so is the need.
-	for _, d := range []string{filepath.Dir(spool.Dir), spool.Dir} {
+	if err := spool.make(); err != nil {
+		return err
+	}
+	f.prefetch(ctx, spool, seg, meta.SegmentSize, count, concurrency)
+	return nil
+}
+
+func spoolSegment(name string, segSize uint64) (wal.Segment, error) {
+	file, err := wal.ParseFileName(name, segSize)
+	if err != nil || file.Kind != wal.KindSegment {
+		return wal.Segment{}, fmt.Errorf("prefetch after %q: not a segment's file name", name)
+	}
+	return file.Segment, nil
+}
+
+// make creates the spool and its parent, but never above: if the data
+// directory is gone, so is the need.
+func (s Spool) make() error {
+	for _, d := range []string{filepath.Dir(s.Dir), s.Dir} {
 		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return err
 		}
 	}
+	return nil
+}
+
+// prefetch downloads the count segments after after that are neither
+// spooled nor claimed, and reports the last segment it found stored.
+func (f *Fetcher) prefetch(ctx context.Context, spool Spool, after wal.Segment, segSize uint64, count, concurrency int) {
 	log := f.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -156,8 +183,8 @@ func (f *Fetcher) Prefetch(ctx context.Context, spool Spool, name string, count,
 	var mu sync.Mutex
 	end := uint64(0) // the first segment not found, once known
 	for i := 1; i <= count; i++ {
-		seg := wal.Segment{TLI: file.TLI, No: file.Segment.No + uint64(i)}
-		next := seg.Name(meta.SegmentSize)
+		seg := wal.Segment{TLI: after.TLI, No: after.No + uint64(i)}
+		next := seg.Name(segSize)
 		mu.Lock()
 		stop := end != 0 && seg.No >= end
 		mu.Unlock()
@@ -174,7 +201,7 @@ func (f *Fetcher) Prefetch(ctx context.Context, spool Spool, name string, count,
 			// Synced: a spooled file that a power failure left torn under
 			// its name would be served.
 			o := &fetch{Fetcher: f, log: log, name: next, dest: filepath.Join(spool.Dir, next), start: time.Now(), sync: true}
-			err := o.object(ctx, catalog.SegmentKey(seg, meta.SegmentSize), int64(meta.SegmentSize), int64(meta.SegmentSize))
+			err := o.object(ctx, catalog.SegmentKey(seg, segSize), int64(segSize), int64(segSize))
 			if errors.Is(err, ErrNotFound) {
 				mu.Lock()
 				if end == 0 || seg.No < end {
@@ -189,7 +216,122 @@ func (f *Fetcher) Prefetch(ctx context.Context, spool Spool, name string, count,
 		})
 	}
 	wg.Wait()
+}
+
+// Keep runs as the spool's one keeper: it keeps count segments downloaded
+// ahead of recovery, which takes them from the spool (with a rename, even
+// by the shell: see RestoreCommand) without telling anyone, so the keeper
+// reads recovery's position from the spool itself: the segments taken are
+// gone. wal-fetch names the segment it had to download in the spool's
+// wanted file, which moves the keeper there (a new timeline, or a jump).
+// Keep returns at once when another keeper runs, and once nothing was
+// taken for idle.
+func (f *Fetcher) Keep(ctx context.Context, spool Spool, name string, count, concurrency int, idle time.Duration) error {
+	meta, err := f.Repo.ReadMeta(ctx)
+	if err != nil {
+		return err
+	}
+	pos, err := spoolSegment(name, meta.SegmentSize)
+	if err != nil {
+		return err
+	}
+	if err := spool.make(); err != nil {
+		return err
+	}
+	unlock, ok := spool.lockKeeper()
+	if !ok {
+		return nil
+	}
+	defer unlock()
+	wanted := spool.wanted()
+	lastMove := time.Now()
+	prev := -1
+	top := pos.No // the newest segment seen spooled
+	for ctx.Err() == nil && time.Since(lastMove) < idle {
+		if _, err := os.Stat(spool.Dir); err != nil {
+			return nil // the data directory went away
+		}
+		if w := spool.wanted(); w != wanted {
+			wanted = w
+			if s, err := spoolSegment(w, meta.SegmentSize); err == nil {
+				pos, lastMove = s, time.Now()
+			}
+		}
+		// Recovery is before the oldest segment still spooled.
+		spooled := spool.segments(pos.TLI, meta.SegmentSize)
+		switch {
+		case len(spooled) > 0:
+			top = max(top, spooled[len(spooled)-1])
+			if spooled[0] > pos.No+1 {
+				pos.No = spooled[0] - 1
+			}
+		case top > pos.No:
+			pos.No = top // all taken
+		}
+		// What recovery has passed will not be taken.
+		ahead := spooled[:0]
+		for _, no := range spooled {
+			if no <= pos.No {
+				_ = os.Remove(filepath.Join(spool.Dir, wal.Segment{TLI: pos.TLI, No: no}.Name(meta.SegmentSize)))
+			} else {
+				ahead = append(ahead, no)
+			}
+		}
+		if len(ahead) != prev {
+			if len(ahead) < prev {
+				lastMove = time.Now()
+			}
+			prev = len(ahead)
+		}
+		if len(ahead) < count {
+			f.prefetch(ctx, spool, pos, meta.SegmentSize, count, concurrency)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 	return nil
+}
+
+// segments lists the numbers of tli's spooled segments, in order.
+func (s Spool) segments(tli wal.TimeLineID, segSize uint64) []uint64 {
+	entries, err := os.ReadDir(s.Dir)
+	if err != nil {
+		return nil
+	}
+	var out []uint64
+	for _, e := range entries {
+		f, err := wal.ParseFileName(e.Name(), segSize)
+		if err == nil && f.Kind == wal.KindSegment && f.TLI == tli {
+			out = append(out, f.Segment.No)
+		}
+	}
+	return out // ReadDir sorts by name, and so by number
+}
+
+// Want records that recovery asked for name and the spool did not have it.
+func (s Spool) Want(name string) {
+	_ = os.WriteFile(filepath.Join(s.Dir, ".wanted"), []byte(name), 0o600)
+}
+
+func (s Spool) wanted() string {
+	b, _ := os.ReadFile(filepath.Join(s.Dir, ".wanted"))
+	return string(b)
+}
+
+// lockKeeper takes the spool's keeper lock, held until the process ends or
+// unlock; false when another keeper holds it.
+func (s Spool) lockKeeper() (unlock func(), ok bool) {
+	f, err := os.OpenFile(filepath.Join(s.Dir, ".keeper"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, false
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = f.Close()
+		return nil, false
+	}
+	return func() { _ = f.Close() }, true
 }
 
 // spoolable tells whether name is a segment's file name, the only files

@@ -98,3 +98,69 @@ func TestPrefetch(t *testing.T) {
 		t.Error("a stale claim was not taken over")
 	}
 }
+
+// TestKeep: the keeper stays count segments ahead of a recovery that takes
+// segments from the spool by renaming them, follows a wanted segment, and
+// is the only one.
+func TestKeep(t *testing.T) {
+	ctx := t.Context()
+	repo, _ := newRepo(t, catalog.Options{})
+	var names []string
+	for i := range uint64(30) {
+		s := wal.Segment{TLI: 1, No: 1 + i}
+		data := make([]byte, segSize) // content does not matter here
+		data[0] = byte(i)
+		put(t, repo, catalog.SegmentKey(s, segSize), data)
+		names = append(names, s.Name(segSize))
+	}
+	spool := Spool{Dir: filepath.Join(t.TempDir(), "walship_prefetch", "x")}
+	f := fetcher(repo)
+	done := make(chan error, 1)
+	go func() { done <- f.Keep(ctx, spool, names[0], 4, 2, 2*time.Second) }()
+	waitSpooled := func(want []string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			var got []string
+			entries, _ := os.ReadDir(spool.Dir)
+			for _, e := range entries {
+				if len(e.Name()) == 24 {
+					got = append(got, e.Name())
+				}
+			}
+			if slices.Equal(got, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("spool %q, want %q", got, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitSpooled(names[1:5])
+	// A second keeper returns at once.
+	start := time.Now()
+	if err := f.Keep(ctx, spool, names[0], 4, 2, time.Hour); err != nil || time.Since(start) > time.Second {
+		t.Errorf("a second keeper: %v after %v, want to return at once", err, time.Since(start))
+	}
+	// Recovery takes two by renaming: the keeper refills.
+	dest := t.TempDir()
+	for _, n := range names[1:3] {
+		if err := os.Rename(filepath.Join(spool.Dir, n), filepath.Join(dest, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitSpooled(names[3:7])
+	// A miss far ahead moves it there, and what it passed goes.
+	spool.Want(names[20])
+	waitSpooled(names[21:25])
+	// Idle: it ends.
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the keeper did not end when nothing was taken")
+	}
+}

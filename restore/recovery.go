@@ -196,8 +196,13 @@ func confEscape(v string) string {
 // absolute path with the repository URL, the age identity file (if any) and
 // fetchFlags spelled out, so that it needs nothing from the server's
 // environment but storage credentials.
+//
+// A segment already in the default prefetch spool is taken by the shell with
+// a rename, without starting walship: the spool holds only complete,
+// verified segments, written under their names atomically.
 func RestoreCommand(walship, repoURL, identityFile string, fetchFlags ...string) string {
-	cmd := shellQuote(walship) + " --repo " + shellQuote(repoURL) + " wal-fetch"
+	spooled := shellQuote(spoolRel(repoURL)+"/") + `"%f"`
+	cmd := "mv -f " + spooled + ` "%p" 2>/dev/null || ` + shellQuote(walship) + " --repo " + shellQuote(repoURL) + " wal-fetch"
 	if identityFile != "" {
 		cmd += " --age-identity-file " + shellQuote(identityFile)
 	}

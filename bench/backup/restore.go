@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/walship/walship/restore"
 )
 
 // restoreBench restores the newest backup of each tool into an empty
@@ -77,9 +79,10 @@ func restoreBench(ctx context.Context, env []string, work, walship, fileRepo, s3
 
 // walFetchBench generates segments of WAL, archives them with walship and
 // pgBackRest, and times restore_command for each segment in order, as
-// recovery calls it, with a pause between calls standing for replay: walship
-// wal-fetch with its prefetch (the default), without it, and pgbackrest
-// archive-get. It prints the mean and 95th percentile per segment.
+// recovery calls it, with a pause between calls standing for replay: the
+// restore_command walship restore writes (a spooled segment is renamed by
+// the shell; otherwise wal-fetch, whose keeper prefetches), wal-fetch without
+// prefetch, and pgbackrest archive-get. It prints the mean and 95th percentile per segment.
 func walFetchBench(ctx context.Context, env []string, work, data, walship, fileRepo string, pgbackrest []string, conn string, segments int) error {
 	psql := func(sql string) (string, error) {
 		out, err := capture(ctx, nil, pgBin+"/psql", "-d", conn, "-Atqc", sql)
@@ -140,8 +143,11 @@ func walFetchBench(ctx context.Context, env []string, work, data, walship, fileR
 		name string
 		cmd  func(name string) []string
 	}{
-		{"walship wal-fetch (prefetch 8)", func(n string) []string {
-			return []string{walship, "--repo", "file://" + fileRepo, "--log-level", "warn", "wal-fetch", n, "pg_wal/RECOVERYXLOG"}
+		{"walship restore_command (prefetch 8)", func(n string) []string {
+			// What walship restore writes, as PostgreSQL runs it.
+			cmd := restore.RestoreCommand(walship, "file://"+fileRepo, "")
+			cmd = strings.NewReplacer("%f", n, "%p", "pg_wal/RECOVERYXLOG").Replace(cmd)
+			return []string{"sh", "-c", cmd}
 		}},
 		{"walship wal-fetch --prefetch 0", func(n string) []string {
 			return []string{walship, "--repo", "file://" + fileRepo, "--log-level", "warn", "wal-fetch", "--prefetch", "0", n, "pg_wal/RECOVERYXLOG"}

@@ -86,15 +86,21 @@ func (e *env) walFetchCommand() *cli.Command {
 			f := &restore.Fetcher{Log: e.log, SpoolWait: 30 * time.Second, NoPieces: c.Bool("no-pieces"), TipTimeline: wal.TimeLineID(c.Uint("tip-timeline"))}
 			if spool := spoolDir(c); spool != "" {
 				f.Spool = &restore.Spool{Dir: spool}
-				if n := c.Int("prefetch"); n > 0 && len(name) == 24 && f.Spool.Ahead(name) <= n/2 {
-					// First, so that the next segments download while
-					// this one does; only when the spool runs low, so
-					// that most calls start no process.
+				// Before opening the repository, which a hit never needs.
+				taken, err := f.FromSpool(name, dest)
+				if err != nil {
+					return fetchExit(err)
+				}
+				if n := c.Int("prefetch"); n > 0 && len(name) == 24 && (!taken || f.Spool.Ahead(name) <= n/2) {
+					// The keeper downloads ahead while this fetch runs;
+					// a miss tells it where recovery is.
+					if !taken {
+						f.Spool.Want(name)
+					}
 					startPrefetch(c, spool, name, e)
 				}
-				// Before opening the repository, which a hit never needs.
-				if taken, err := f.FromSpool(name, dest); taken || err != nil {
-					return fetchExit(err)
+				if taken {
+					return nil
 				}
 				f.Spool = nil
 			}
@@ -116,6 +122,7 @@ func (e *env) walPrefetchCommand() *cli.Command {
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "spool", Required: true},
 			&cli.IntFlag{Name: "count", Value: 8},
+			&cli.DurationFlag{Name: "idle", Usage: "keep the spool filled until nothing is taken from it for this long (0: fetch once)"},
 		}, repoFlags()...),
 		Action: func(c *cli.Context) error {
 			repo, err := openCatalog(c)
@@ -123,9 +130,14 @@ func (e *env) walPrefetchCommand() *cli.Command {
 				return err
 			}
 			f := &restore.Fetcher{Repo: repo, Log: e.log}
+			spool := restore.Spool{Dir: c.String("spool")}
 			// In order, as many at once as there are cores: the next
 			// segment recovery wants comes first.
-			return f.Prefetch(c.Context, restore.Spool{Dir: c.String("spool")}, c.Args().First(), c.Int("count"), min(c.Int("count"), runtime.NumCPU()))
+			conc := min(c.Int("count"), runtime.NumCPU())
+			if idle := c.Duration("idle"); idle > 0 {
+				return f.Keep(c.Context, spool, c.Args().First(), c.Int("count"), conc, idle)
+			}
+			return f.Prefetch(c.Context, spool, c.Args().First(), c.Int("count"), conc)
 		},
 	}
 }
@@ -156,7 +168,7 @@ func startPrefetch(c *cli.Context, spool, name string, e *env) {
 	if err != nil {
 		return
 	}
-	args := []string{"--repo", c.String("repo"), "--log-level", "warn", "wal-prefetch", "--spool", spool, "--count", strconv.Itoa(c.Int("prefetch"))}
+	args := []string{"--repo", c.String("repo"), "--log-level", "warn", "wal-prefetch", "--spool", spool, "--count", strconv.Itoa(c.Int("prefetch")), "--idle", "1m"}
 	if id := c.String("age-identity-file"); id != "" {
 		args = append(args, "--age-identity-file", id)
 	}
