@@ -238,18 +238,18 @@ func (f *Fetcher) Keep(ctx context.Context, spool Spool, name string, count, con
 	if err := spool.make(); err != nil {
 		return err
 	}
-	unlock, ok := spool.lockKeeper()
+	lock, ok := spool.lockKeeper()
 	if !ok {
 		return nil
 	}
-	defer unlock()
+	defer lock.Close()
 	wanted := spool.wanted()
 	lastMove := time.Now()
 	prev := -1
 	top := pos.No // the newest segment seen spooled
 	for ctx.Err() == nil && time.Since(lastMove) < idle {
-		if _, err := os.Stat(spool.Dir); err != nil {
-			return nil // the data directory went away
+		if !spool.keeping(lock) {
+			return nil // the spool went away, and another may have come
 		}
 		if w := spool.wanted(); w != wanted {
 			wanted = w
@@ -321,8 +321,8 @@ func (s Spool) wanted() string {
 }
 
 // lockKeeper takes the spool's keeper lock, held until the process ends or
-// unlock; false when another keeper holds it.
-func (s Spool) lockKeeper() (unlock func(), ok bool) {
+// the file is closed; false when another keeper holds it.
+func (s Spool) lockKeeper() (*os.File, bool) {
 	f, err := os.OpenFile(filepath.Join(s.Dir, ".keeper"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, false
@@ -331,7 +331,18 @@ func (s Spool) lockKeeper() (unlock func(), ok bool) {
 		_ = f.Close()
 		return nil, false
 	}
-	return func() { _ = f.Close() }, true
+	return f, true
+}
+
+// keeping tells whether lock is still the spool's keeper lock: a spool
+// removed (and perhaps made again, with a keeper of its own) is not ours.
+func (s Spool) keeping(lock *os.File) bool {
+	held, err := lock.Stat()
+	if err != nil {
+		return false
+	}
+	now, err := os.Stat(filepath.Join(s.Dir, ".keeper"))
+	return err == nil && os.SameFile(held, now)
 }
 
 // spoolable tells whether name is a segment's file name, the only files
