@@ -9,6 +9,7 @@ import (
 
 	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/storage/catalog"
+	"github.com/walship/walship/storage/lease"
 )
 
 // Attribute keys of log records.
@@ -55,7 +56,7 @@ type Config struct {
 	// skew margin) after its last renewal.
 	LeaseTTL time.Duration
 	// WaitForLease waits for another archiver's lease to end instead of
-	// failing with a *LeaseHeldError.
+	// failing with a *lease.HeldError.
 	WaitForLease bool
 	// AcceptGap lets a run whose next WAL the primary has already removed
 	// go on from where the primary's WAL begins now, leaving a gap in the
@@ -107,7 +108,7 @@ func (c *Config) setDefaults() error {
 		c.StopTimeout = DefaultStopTimeout
 	}
 	if c.LeaseTTL == 0 {
-		c.LeaseTTL = DefaultLeaseTTL
+		c.LeaseTTL = lease.DefaultTTL
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
@@ -135,9 +136,9 @@ func Run(ctx context.Context, repo *catalog.Repo, cfg Config) (Result, error) {
 		return Result{}, err
 	}
 	// At most one archiver writes a repository.
-	lease, release, err := holdLease(ctx, repo, LeaseOptions{
+	held, release, err := holdLease(ctx, repo, lease.Options{
 		TTL:       cfg.LeaseTTL,
-		ClockSkew: min(DefaultLeaseClockSkew, cfg.LeaseTTL/3),
+		ClockSkew: min(lease.DefaultClockSkew, cfg.LeaseTTL/3),
 		Wait:      cfg.WaitForLease,
 		Log:       cfg.Log,
 	})
@@ -151,7 +152,7 @@ func Run(ctx context.Context, repo *catalog.Repo, cfg Config) (Result, error) {
 	failures := 0
 	fromSlot := false // set once a gap was accepted
 	for {
-		s := &session{cfg: cfg, repo: repo, log: cfg.Log, stop: ctx.Done(), lost: lease.Lost(), fromSlot: fromSlot}
+		s := &session{cfg: cfg, repo: repo, log: cfg.Log, stop: ctx.Done(), lost: held.Lost(), fromSlot: fromSlot}
 		res, err := s.run(context.WithoutCancel(ctx))
 		total.Timeline, total.Segments, total.Pieces = res.Timeline, total.Segments+res.Segments, total.Pieces+res.Pieces
 		total.Durable = max(total.Durable, res.Durable)
@@ -171,7 +172,7 @@ func Run(ctx context.Context, repo *catalog.Repo, cfg Config) (Result, error) {
 			continue
 		}
 		var ce *ConfigError
-		if errors.As(err, &ce) || errors.Is(err, errConflict) || errors.Is(err, errFatal) || errors.Is(err, ErrLeaseLost) {
+		if errors.As(err, &ce) || errors.Is(err, errConflict) || errors.Is(err, errFatal) || errors.Is(err, lease.ErrLost) {
 			return total, err
 		}
 		if res.Durable > 0 {
@@ -210,22 +211,22 @@ var errFatal = errors.New("fatal")
 
 // holdLease acquires a lease and keeps renewing it until release is called,
 // which also gives it up.
-func holdLease(ctx context.Context, repo *catalog.Repo, opts LeaseOptions) (*Lease, func(), error) {
-	lease, err := AcquireLease(ctx, repo.Store(), opts)
+func holdLease(ctx context.Context, repo *catalog.Repo, opts lease.Options) (*lease.Lease, func(), error) {
+	held, err := lease.Acquire(ctx, repo.Store(), opts)
 	if err != nil {
 		return nil, nil, err
 	}
 	keepCtx, stopKeeping := context.WithCancel(context.WithoutCancel(ctx))
 	kept := make(chan error, 1)
-	go func() { kept <- lease.Keep(keepCtx) }()
+	go func() { kept <- held.Keep(keepCtx) }()
 	release := func() {
 		stopKeeping()
 		<-kept
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		if err := lease.Release(rctx); err != nil && opts.Log != nil {
+		if err := held.Release(rctx); err != nil && opts.Log != nil {
 			opts.Log.Warn("release the lease (the next run waits for it to expire)", slog.Any(keyError, err))
 		}
 	}
-	return lease, release, nil
+	return held, release, nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/storage"
 	"github.com/walship/walship/storage/catalog"
+	"github.com/walship/walship/storage/lease"
 )
 
 // BackupLease names the lease held by a base backup or a prune.
@@ -38,7 +39,7 @@ type BackupConfig struct {
 	// segment holding the backup's end; default 5 minutes.
 	WALTimeout time.Duration
 	// LeaseTTL is how long the backup lease outlives a killed backup;
-	// default DefaultLeaseTTL.
+	// default lease.DefaultTTL.
 	LeaseTTL time.Duration
 	// Log receives progress; nil discards.
 	Log *slog.Logger
@@ -88,9 +89,9 @@ func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (catalog.
 	// One backup (or prune) at a time; the lease also tells prune that
 	// the objects of this unfinished backup are in use.
 	if cfg.LeaseTTL <= 0 {
-		cfg.LeaseTTL = DefaultLeaseTTL
+		cfg.LeaseTTL = lease.DefaultTTL
 	}
-	lease, release, err := holdLease(ctx, repo, LeaseOptions{Name: BackupLease, TTL: cfg.LeaseTTL, ClockSkew: min(DefaultLeaseClockSkew, cfg.LeaseTTL/3), Log: cfg.Log})
+	held, release, err := holdLease(ctx, repo, lease.Options{Name: BackupLease, TTL: cfg.LeaseTTL, ClockSkew: min(lease.DefaultClockSkew, cfg.LeaseTTL/3), Log: cfg.Log})
 	if err != nil {
 		return catalog.Backup{}, err
 	}
@@ -132,8 +133,8 @@ func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (catalog.
 		return catalog.Backup{}, fmt.Errorf("base backup %s: %w", b.ID, err)
 	}
 	select {
-	case <-lease.Lost():
-		return catalog.Backup{}, fmt.Errorf("base backup %s: %w: a prune or another backup may have started", b.ID, ErrLeaseLost)
+	case <-held.Lost():
+		return catalog.Backup{}, fmt.Errorf("base backup %s: %w: a prune or another backup may have started", b.ID, lease.ErrLost)
 	default:
 	}
 	if err := repo.WriteBackup(ctx, b); err != nil {
@@ -157,7 +158,7 @@ func waitForWAL(ctx context.Context, repo *catalog.Repo, b catalog.Backup, cfg B
 		return err == nil, err
 	}
 	_, err := Run(ctx, repo, Config{ConnString: cfg.ConnString, Slot: cfg.Slot, UntilCaughtUp: true, Log: log})
-	var held *LeaseHeldError
+	var held *lease.HeldError
 	switch {
 	case errors.As(err, &held):
 		log.Info("an archiver is running; waiting for it to store the backup's last segment", slog.String(keySegment, seg.Name(b.SegmentSize)), slog.String("holder", held.Holder))

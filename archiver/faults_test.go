@@ -14,6 +14,7 @@ import (
 	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/storage"
 	"github.com/walship/walship/storage/catalog"
+	"github.com/walship/walship/storage/lease"
 )
 
 // prependHBA puts lines before pgtest's trust-everything pg_hba.conf lines
@@ -214,9 +215,9 @@ func TestOneArchiverPerRepository(t *testing.T) {
 	})
 	second := Config{ConnString: c.ConnString(), Slot: "second", UntilCaughtUp: true, Log: testLogger(t)}
 	_, err := Run(t.Context(), repo, second)
-	var held *LeaseHeldError
+	var held *lease.HeldError
 	if !errors.As(err, &held) || held.Holder == "" || !strings.Contains(err.Error(), held.Holder) {
-		t.Fatalf("second archiver: %v, want a *LeaseHeldError naming the holder", err)
+		t.Fatalf("second archiver: %v, want a *lease.HeldError naming the holder", err)
 	}
 	second.WaitForLease = true
 	waited := make(chan error, 1)

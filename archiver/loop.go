@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/walship/walship/internal/wal"
+	"github.com/walship/walship/storage/lease"
 )
 
 // loop handles one START_REPLICATION's stream. It returns the next start
@@ -74,7 +75,7 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 			stopLimit = time.After(s.cfg.StopTimeout)
 			s.log.Info("stopping: storing what was received", slog.String(keyLSN, s.received.String()))
 		case <-s.lost:
-			return nil, fmt.Errorf("%w: another archiver may be writing this repository; stopped without storing the %d bytes received since %s", ErrLeaseLost, uint64(s.received-s.durable), s.durable)
+			return nil, fmt.Errorf("%w: another archiver may be writing this repository; stopped without storing the %d bytes received since %s", lease.ErrLost, uint64(s.received-s.durable), s.durable)
 		case <-stopLimit:
 			return nil, fmt.Errorf("stop: WAL from %s to %s was not stored within %s; it was not acknowledged, and the next run streams it again from the slot", s.durable, s.received, s.cfg.StopTimeout)
 		case out <- first:

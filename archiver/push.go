@@ -285,6 +285,20 @@ func (p *pusher) index(ctx context.Context, seg wal.Segment, segSize uint64) {
 		return
 	}
 	rec := walrec.NewReader(seg.Start(segSize), segSize)
+	if seg.No > 0 {
+		// The segment before, still in pg_wal, so that a record running
+		// into this one is read whole.
+		prev := wal.Segment{TLI: seg.TLI, No: seg.No - 1}
+		if f, err := os.Open(filepath.Join(filepath.Dir(p.path), prev.Name(segSize))); err == nil {
+			r := walrec.NewReader(prev.Start(segSize), segSize)
+			_, err := io.Copy(r, f)
+			f.Close()
+			if err == nil && r.Pos() == seg.Start(segSize) {
+				r.Events()
+				rec = r
+			}
+		}
+	}
 	if _, err := io.Copy(rec, io.NewSectionReader(p.file, 0, p.size)); err != nil {
 		p.log.Warn("cannot index the segment (commit times for --to-time); it is archived all the same", pushAttrKey, key, "error", err)
 		return

@@ -1,10 +1,12 @@
 package archiver
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/internal/walrec"
+	"github.com/walship/walship/storage"
 	"github.com/walship/walship/storage/catalog"
 )
 
@@ -55,6 +58,10 @@ type session struct {
 	// rec reads the WAL as it arrives for the segments' indexes; nil once
 	// it failed (the WAL is still archived, only not indexed).
 	rec *walrec.Reader
+
+	// stalePieces are pieces a run that died left of segments after the
+	// start, deleted with their superseding segment.
+	stalePieces map[uint64][]string
 
 	free    [][]byte // segment buffers not in use
 	maxBufs int
@@ -117,6 +124,7 @@ func (s *session) run(ctx context.Context) (Result, error) {
 	if err != nil {
 		return s.res, err
 	}
+	s.repairIndexes(setup, sp.Segment)
 	s.target = s.srv.FlushLSN
 	// Half the budget for raw segments, half for encoded ones in flight.
 	s.maxBufs = max(1, int(s.cfg.MemoryLimit/(2*int64(s.segSize))))
@@ -145,7 +153,7 @@ func (s *session) run(ctx context.Context) (Result, error) {
 					return
 				}
 				if err == nil {
-					err = s.ship.store(work, e)
+					err = s.ship.store(work, e, j.kind == jobIndex)
 					e.Release()
 				}
 				if !send(result{j: j, err: err}) {
@@ -232,7 +240,7 @@ func (s *session) stream(ctx context.Context, sp startPoint) error {
 		}
 		s.log.Info("streaming", slog.String(keyLSN, start.String()), slog.Any(keyTimeline, s.tli), slog.String(keySlot, s.cfg.Slot))
 		s.received = start
-		s.rec = walrec.NewReader(start, s.segSize)
+		s.rec = s.primedReader(ctx, sp.Segment)
 		s.durable = max(s.durable, start+wal.LSN(sp.Stored))
 		if s.cur != nil { // an empty segment left at a timeline switch
 			s.unref(s.cur.ref)
@@ -243,6 +251,7 @@ func (s *session) stream(ctx context.Context, sp startPoint) error {
 		}
 		s.cur.shipped, s.cur.verify, s.cur.verifySum = sp.Stored, sp.Stored, sp.StoredSum
 		s.cur.pieceKeys = sp.PieceKeys
+		s.stalePieces = sp.LaterPieces
 
 		next, err := s.loop(ctx)
 		if err != nil || next == nil {
@@ -288,6 +297,10 @@ func (s *session) newSegment(seg wal.Segment) bool {
 		return false
 	}
 	s.cur = &segment{seg: seg, buf: buf, ref: &segBuf{b: buf, refs: 1}}
+	if keys, ok := s.stalePieces[seg.No]; ok {
+		s.cur.pieceKeys = keys
+		delete(s.stalePieces, seg.No)
+	}
 	return true
 }
 
@@ -348,6 +361,64 @@ func (s *session) finishSegment(partial bool) {
 		// The records that ended in this segment: a restore reads them
 		// to find where a time, xid or name target stops.
 		s.enqueue(&job{kind: jobIndex, key: catalog.IndexKey(c.seg, s.segSize), data: catalog.EncodeIndex(s.rec.Events()), end: j.end})
+	}
+}
+
+// primedReader is the index reader for WAL streamed from seg's start, fed
+// first with the stored segment before it, if any: a record that began there
+// and ends in seg is then read whole instead of skipped.
+func (s *session) primedReader(ctx context.Context, seg wal.Segment) *walrec.Reader {
+	start := seg.Start(s.segSize)
+	if seg.No == 0 {
+		return walrec.NewReader(start, s.segSize)
+	}
+	prev := wal.Segment{TLI: seg.TLI, No: seg.No - 1}
+	rc, err := s.repo.Open(ctx, catalog.SegmentKey(prev, s.segSize))
+	if err != nil {
+		return walrec.NewReader(start, s.segSize)
+	}
+	defer rc.Close()
+	r := walrec.NewReader(prev.Start(s.segSize), s.segSize)
+	if _, err := io.Copy(r, rc); err != nil || r.Pos() != start {
+		s.log.Debug("index: starting without the segment before", slog.String(keySegment, prev.Name(s.segSize)), slog.Any(keyError, err))
+		return walrec.NewReader(start, s.segSize)
+	}
+	r.Events() // indexed by the run that stored it
+	return r
+}
+
+// repairIndexes writes the indexes of the few segments before the start
+// that a run which died stored without their index (uploads run in
+// parallel). A failure is only logged.
+func (s *session) repairIndexes(ctx context.Context, start wal.Segment) {
+	for k := uint64(2); k >= 1; k-- {
+		if start.No < k {
+			continue
+		}
+		seg := wal.Segment{TLI: start.TLI, No: start.No - k}
+		key := catalog.IndexKey(seg, s.segSize)
+		if _, err := s.repo.Store().Stat(ctx, key); !errors.Is(err, storage.ErrNotExist) {
+			continue
+		}
+		rc, err := s.repo.Open(ctx, catalog.SegmentKey(seg, s.segSize))
+		if err != nil {
+			continue // not stored: nothing to index
+		}
+		r := s.primedReader(ctx, seg)
+		_, err = io.Copy(r, rc)
+		rc.Close()
+		if err == nil {
+			var e *catalog.Encoded
+			if e, err = s.repo.Encode(key, bytes.NewReader(catalog.EncodeIndex(r.Events()))); err == nil {
+				err = s.ship.store(ctx, e, true)
+				e.Release()
+			}
+		}
+		if err != nil {
+			s.log.Warn("could not write a missing segment index", slog.String(keyKey, key), slog.Any(keyError, err))
+		} else {
+			s.log.Info("wrote a segment index a run that died left out", slog.String(keyKey, key))
+		}
 	}
 }
 

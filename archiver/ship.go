@@ -62,17 +62,19 @@ func (s *shipper) storeBytes(ctx context.Context, key string, data []byte) error
 		return err
 	}
 	defer e.Release()
-	return s.store(ctx, e)
+	return s.store(ctx, e, false)
 }
 
 // store writes e, retrying transient failures. An object already stored with
 // the same payload counts as stored; with a different one it is an error
-// that retrying cannot fix.
-func (s *shipper) store(ctx context.Context, e *catalog.Encoded) error {
+// that retrying cannot fix, unless keepExisting: then whatever is stored
+// counts (a segment's index, which a run that started cold may write with
+// one record fewer than the run before).
+func (s *shipper) store(ctx context.Context, e *catalog.Encoded, keepExisting bool) error {
 	backoff := s.backoff
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
-		err := s.storeOnce(ctx, e)
+		err := s.storeOnce(ctx, e, keepExisting)
 		s.log.Debug("upload", slog.String(keyKey, e.Key), slog.Int64("bytes", e.StoredSize), slog.Duration("took", time.Since(start)), slog.Any(keyError, err))
 		if err == nil || errors.Is(err, errConflict) || ctx.Err() != nil {
 			return err
@@ -100,9 +102,12 @@ const maxAttempts = 8
 // errConflict marks an object that exists with different bytes.
 var errConflict = errors.New("conflict")
 
-func (s *shipper) storeOnce(ctx context.Context, e *catalog.Encoded) error {
+func (s *shipper) storeOnce(ctx context.Context, e *catalog.Encoded, keepExisting bool) error {
 	err := s.repo.CreateEncoded(ctx, e)
-	if !errors.Is(err, storage.ErrExist) {
+	if !errors.Is(err, storage.ErrExist) || keepExisting {
+		if errors.Is(err, storage.ErrExist) {
+			return nil
+		}
 		return err
 	}
 	same, err := s.repo.SameAsStored(ctx, e)

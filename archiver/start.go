@@ -19,6 +19,10 @@ type startPoint struct {
 	StoredSum [32]byte // sha256 of those bytes, to check the re-streamed ones
 	PieceKeys []string // every piece of the segment, to delete once it is complete
 	FromRepo  bool     // false: the repository holds no WAL of this cluster yet
+	// LaterPieces are pieces of segments after Segment that a run which
+	// died uploaded ahead of a hole, by segment number: deleted once their
+	// segment is stored whole.
+	LaterPieces map[uint64][]string
 }
 
 // timelineState is what the repository holds of one timeline.
@@ -105,7 +109,14 @@ func resumePoint(ctx context.Context, repo *catalog.Repo, tli wal.TimeLineID, se
 			}
 		}
 	}
-	sp := startPoint{Segment: wal.Segment{TLI: tli, No: next}, FromRepo: true}
+	sp := startPoint{Segment: wal.Segment{TLI: tli, No: next}, FromRepo: true, LaterPieces: map[uint64][]string{}}
+	for no, ps := range st.pieces {
+		if _, whole := slices.BinarySearch(st.complete, no); !whole && no > next {
+			for _, p := range ps {
+				sp.LaterPieces[no] = append(sp.LaterPieces[no], p.Key)
+			}
+		}
+	}
 	pieces := st.pieces[next]
 	for _, p := range pieces {
 		sp.PieceKeys = append(sp.PieceKeys, p.Key)

@@ -153,6 +153,19 @@ func tipEvents(ctx context.Context, repo *catalog.Repo, e catalog.Extent, segSiz
 		}
 	}
 	rec := walrec.NewReader(seg.Start(segSize), segSize)
+	if e.Segments > 0 && e.Last+1 == seg.No {
+		// The segment before, so that a record running into the tip is
+		// read whole; its own records are in its index.
+		prev := walrec.NewReader(wal.Segment{TLI: e.TLI, No: e.Last}.Start(segSize), segSize)
+		if rc, err := repo.Open(ctx, catalog.SegmentKey(wal.Segment{TLI: e.TLI, No: e.Last}, segSize)); err == nil {
+			_, err := io.Copy(prev, rc)
+			rc.Close()
+			if err == nil && prev.Pos() == seg.Start(segSize) {
+				prev.Events()
+				rec = prev
+			}
+		}
+	}
 	var off uint32
 	for _, p := range pieces { // in order of start, then end
 		if p.Start > off || p.End <= off {
@@ -201,9 +214,9 @@ func eventsOf(tli wal.TimeLineID, evs []walrec.Event) []Event {
 	for _, ev := range evs {
 		switch ev.Kind {
 		case walrec.Commit, walrec.Abort, walrec.CommitPrepared, walrec.AbortPrepared:
-			out = append(out, Event{TLI: tli, LSN: ev.LSN, Time: ev.Time, XID: uint64(ev.XID)})
+			out = append(out, Event{TLI: tli, LSN: ev.LSN, End: ev.End, Time: ev.Time, XID: uint64(ev.XID)})
 		case walrec.RestorePoint:
-			out = append(out, Event{TLI: tli, LSN: ev.LSN, Time: ev.Time, Name: ev.Name})
+			out = append(out, Event{TLI: tli, LSN: ev.LSN, End: ev.End, Time: ev.Time, Name: ev.Name})
 		}
 	}
 	return out

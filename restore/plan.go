@@ -48,6 +48,7 @@ type Target struct {
 type Event struct {
 	TLI  wal.TimeLineID
 	LSN  wal.LSN // where the record starts
+	End  wal.LSN // where it ends: recovery reads that far to apply it
 	Time time.Time
 	XID  uint64
 	Name string // a restore point's name; "" for a commit or abort
@@ -133,6 +134,15 @@ func PlanRestore(inv Inventory, target Target) (Plan, error) {
 	}
 	p.Backup, p.Stop = chosen, stop
 	p.WALEnd = stop
+	switch {
+	case target.Kind == ToLSN:
+		p.WALEnd = stop + 1 // the segment holding the LSN
+	case events != nil:
+		// The record recovery stops at, whole.
+		if i := slices.IndexFunc(events, func(e Event) bool { return e.LSN == stop }); i >= 0 && events[i].End > stop {
+			p.WALEnd = events[i].End
+		}
+	}
 	if target.Kind == Latest || (target.Kind != Immediate && target.Kind != ToLSN && inv.Events == nil) {
 		p.WALEnd = walEnd // recovery reads to the end, or may
 	}
@@ -158,8 +168,10 @@ func chooseBackup(inv Inventory, target Target, candidates []catalog.Backup, eve
 	case ToLSN:
 		for _, b := range slices.Backward(candidates) {
 			if b.EndLSN <= target.LSN {
-				if target.LSN > walEnd {
-					return 0, catalog.Backup{}, fmt.Errorf("LSN %s is past the end of the archived WAL (%s)", target.LSN, walEnd)
+				// Recovery stops at the first record at or after the
+				// LSN, which must be there.
+				if target.LSN >= walEnd {
+					return 0, catalog.Backup{}, fmt.Errorf("LSN %s is at or past the end of the archived WAL (%s)", target.LSN, walEnd)
 				}
 				return target.LSN, b, nil
 			}
@@ -207,7 +219,7 @@ func chooseBackup(inv Inventory, target Target, candidates []catalog.Backup, eve
 				if target.Kind == ToName {
 					return e.Name == target.Name
 				}
-				return e.Name == "" && e.XID == target.XID
+				return e.Name == "" && uint32(e.XID) == uint32(target.XID) // PostgreSQL compares 32-bit xids
 			})
 			if i < 0 {
 				continue
@@ -217,7 +229,7 @@ func chooseBackup(inv Inventory, target Target, candidates []catalog.Backup, eve
 			}
 		}
 		if !slices.ContainsFunc(events, func(e Event) bool {
-			return (target.Kind == ToName && e.Name == target.Name) || (target.Kind == ToXID && e.Name == "" && e.XID == target.XID)
+			return (target.Kind == ToName && e.Name == target.Name) || (target.Kind == ToXID && e.Name == "" && uint32(e.XID) == uint32(target.XID))
 		}) {
 			return 0, catalog.Backup{}, fmt.Errorf("%s is not in the archived WAL of timeline %d's history", what, candidates[0].EndTLI)
 		}

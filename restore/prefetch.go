@@ -291,6 +291,12 @@ func (f *Fetcher) Keep(ctx context.Context, spool Spool, name string, count, con
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+	if ctx.Err() == nil && spool.keeping(lock) {
+		// Recovery is over or stalled: nothing stays behind in the data
+		// directory, where a later base backup would copy it.
+		_ = os.RemoveAll(spool.Dir)
+		_ = os.Remove(filepath.Dir(spool.Dir))
+	}
 	return nil
 }
 

@@ -163,4 +163,7 @@ func TestKeep(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the keeper did not end when nothing was taken")
 	}
+	if _, err := os.Stat(filepath.Dir(spool.Dir)); !os.IsNotExist(err) {
+		t.Errorf("the idle keeper left its spool behind (%v)", err)
+	}
 }

@@ -77,8 +77,12 @@ func WriteRecovery(dir string, r Recovery) error {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
+	owned := managed
+	if r.KeepArchiving {
+		owned = slices.DeleteFunc(slices.Clone(managed), func(k string) bool { return strings.HasPrefix(k, "archive_") })
+	}
 	var b bytes.Buffer
-	b.Write(commentOut(old))
+	b.Write(commentOut(old, owned))
 	if b.Len() > 0 && !bytes.HasSuffix(b.Bytes(), []byte("\n")) {
 		b.WriteByte('\n')
 	}
@@ -170,7 +174,7 @@ func (r Recovery) settings() ([][2]string, error) {
 
 // commentOut comments out the lines of a postgresql.auto.conf that set a
 // managed setting.
-func commentOut(conf []byte) []byte {
+func commentOut(conf []byte, managed []string) []byte {
 	var out bytes.Buffer
 	sc := bufio.NewScanner(bytes.NewReader(conf))
 	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)

@@ -61,7 +61,14 @@ func Restore(ctx context.Context, repo *catalog.Repo, opts Options) (Plan, error
 		return Plan{}, err
 	}
 	dirs := []string{opts.Dir}
-	for _, d := range tablespaces {
+	for _, o := range plan.Backup.Objects {
+		if o.OID == 0 {
+			continue
+		}
+		d, moved := tablespaces[o.OID]
+		if !moved {
+			d = o.Location // back where it was: it must be empty too
+		}
 		dirs = append(dirs, d)
 	}
 	var made []string

@@ -100,8 +100,12 @@ func Start(ctx context.Context, o StartOptions) (Outcome, error) {
 		_ = stop()
 		return Outcome{}, fmt.Errorf("%w\n%s", err, tail(logPath, 20))
 	}
-	if o.Action == "shutdown" {
+	select {
+	case <-exited:
+		// It shut down at the target: shutdown, or pause without
+		// hot_standby.
 		return controlOutcome(o.BinDir, o.Dir)
+	default:
 	}
 	if err := stop(); err != nil && !isSignalExit(err) {
 		return out, fmt.Errorf("stop PostgreSQL: %w", err)
@@ -137,8 +141,8 @@ func awaitTarget(ctx context.Context, action, socketDir, port string, exited <-c
 		case <-ctx.Done():
 			return Outcome{}, ctx.Err()
 		case <-exited:
-			if action == "shutdown" && *waitErr == nil {
-				return Outcome{}, nil
+			if (action == "shutdown" || action == "pause") && *waitErr == nil {
+				return Outcome{}, nil // stopped at the target
 			}
 			return Outcome{}, fmt.Errorf("PostgreSQL stopped before recovery reached its target (%v)", *waitErr)
 		case <-tick.C:

@@ -10,6 +10,7 @@ import (
 	"github.com/walship/walship/archiver"
 	"github.com/walship/walship/scheduler"
 	"github.com/walship/walship/storage/catalog"
+	"github.com/walship/walship/storage/lease"
 	"github.com/walship/walship/storage/location"
 )
 
@@ -45,7 +46,7 @@ func (e *env) archiveCommand() *cli.Command {
 		&cli.StringFlag{Name: "memory-limit", EnvVars: []string{"WALSHIP_MEMORY_LIMIT"}, Value: "64MiB", Usage: "soft limit on the process's memory; half of it, and at least two segments, buffers WAL"},
 		&cli.IntFlag{Name: "uploaders", EnvVars: []string{"WALSHIP_UPLOADERS"}, Value: archiver.DefaultUploaders, Usage: "objects uploaded at once"},
 		&cli.BoolFlag{Name: "wait", EnvVars: []string{"WALSHIP_WAIT"}, Usage: "wait for another archiver's lease on the repository to end instead of failing"},
-		&cli.DurationFlag{Name: "lease-ttl", EnvVars: []string{"WALSHIP_LEASE_TTL"}, Value: archiver.DefaultLeaseTTL, Usage: "how long the repository lease outlives a killed archiver"},
+		&cli.DurationFlag{Name: "lease-ttl", EnvVars: []string{"WALSHIP_LEASE_TTL"}, Value: lease.DefaultTTL, Usage: "how long the repository lease outlives a killed archiver"},
 		&cli.BoolFlag{Name: "accept-gap", EnvVars: []string{"WALSHIP_ACCEPT_GAP"}, Usage: "when the primary has already removed the next WAL to archive, go on from where its WAL begins now, recording the gap (take a new base backup)"},
 		&cli.StringFlag{Name: "backup-schedule", EnvVars: []string{"WALSHIP_BACKUP_SCHEDULE"}, Usage: "take base backups on this cron `SCHEDULE` while archiving (e.g. \"0 3 * * *\", @daily; UTC)"},
 		&cli.BoolFlag{Name: "backup-fast", EnvVars: []string{"WALSHIP_BACKUP_FAST"}, Usage: "scheduled backups start with an immediate checkpoint instead of a spread one"},

@@ -10,6 +10,7 @@ import (
 
 	"github.com/walship/walship/archiver"
 	"github.com/walship/walship/scheduler"
+	"github.com/walship/walship/storage/lease"
 	"github.com/walship/walship/storage/location"
 )
 
@@ -28,7 +29,7 @@ func (e *env) backupCommand() *cli.Command {
 			&cli.StringFlag{Name: "memory-limit", EnvVars: []string{"WALSHIP_MEMORY_LIMIT"}, Value: "64MiB", Usage: "soft limit on the process's memory (compression and upload buffers)"},
 			&cli.IntFlag{Name: "max-rate", EnvVars: []string{"WALSHIP_BACKUP_MAX_RATE"}, Usage: "bound the server's transfer rate in `kB/s` (32 to 1048576; 0: unlimited)"},
 			&cli.IntFlag{Name: "concurrency", EnvVars: []string{"WALSHIP_BACKUP_CONCURRENCY"}, Value: 2, Usage: "zstd goroutines per archive"},
-			&cli.DurationFlag{Name: "lease-ttl", EnvVars: []string{"WALSHIP_LEASE_TTL"}, Value: archiver.DefaultLeaseTTL, Usage: "how long the backup lease outlives a killed backup"},
+			&cli.DurationFlag{Name: "lease-ttl", EnvVars: []string{"WALSHIP_LEASE_TTL"}, Value: lease.DefaultTTL, Usage: "how long the backup lease outlives a killed backup"},
 			&cli.BoolFlag{Name: "if-due", EnvVars: []string{"WALSHIP_IF_DUE"}, Usage: "take the backup only if --schedule says one is due, judging from the repository alone (for cron jobs and cloud schedulers)"},
 			&cli.StringFlag{Name: "schedule", EnvVars: []string{"WALSHIP_BACKUP_SCHEDULE"}, Usage: "cron `SCHEDULE` for --if-due (e.g. \"0 3 * * *\" or @daily; UTC)"},
 			&cli.DurationFlag{Name: "wal-timeout", EnvVars: []string{"WALSHIP_WAL_TIMEOUT"}, Value: 5 * time.Minute, Usage: "how long to wait for a running archiver to store the backup's last WAL segment"},

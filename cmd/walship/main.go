@@ -8,13 +8,14 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/walship/walship/archiver"
 	"github.com/walship/walship/storage"
+	"github.com/walship/walship/storage/lease"
 	"github.com/walship/walship/storage/location"
 )
 
@@ -56,7 +57,18 @@ func (e usageError) Unwrap() error { return e.err }
 func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
 
 // run is main without the process: it returns the exit code.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int) {
+	// A panic exits with status 2, which PostgreSQL would take from
+	// restore_command for "not found" and end recovery early.
+	defer func() {
+		if p := recover(); p != nil {
+			fmt.Fprintf(stderr, "walship: internal error: %v\n%s", p, debug.Stack())
+			code = exitFailed
+			if commandName(args) == "wal-fetch" {
+				code = exitStopRecovery
+			}
+		}
+	}()
 	app := newApp(stdout, stderr)
 	err := app.RunContext(ctx, args)
 	if err == nil {
@@ -66,7 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if code, ok := commandExitCode(args, err); ok {
 		return code
 	}
-	var lh *archiver.LeaseHeldError
+	var lh *lease.HeldError
 	if errors.As(err, &lh) {
 		return exitLeaseHeld
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/walship/walship/archiver"
 	"github.com/walship/walship/scheduler"
 	"github.com/walship/walship/storage/catalog"
+	"github.com/walship/walship/storage/lease"
 )
 
 func (e *env) pruneCommand() *cli.Command {
@@ -97,8 +98,8 @@ func prune(ctx context.Context, repo *catalog.Repo, policy scheduler.Policy, log
 // backupLease takes the backup lease for a prune; running reports that a
 // backup holds it instead.
 func backupLease(ctx context.Context, repo *catalog.Repo, log *slog.Logger) (running bool, release func(), err error) {
-	lease, err := archiver.AcquireLease(ctx, repo.Store(), archiver.LeaseOptions{Name: archiver.BackupLease, Log: log})
-	var held *archiver.LeaseHeldError
+	l, err := lease.Acquire(ctx, repo.Store(), lease.Options{Name: archiver.BackupLease, Log: log})
+	var held *lease.HeldError
 	switch {
 	case errors.As(err, &held):
 		log.Info("a backup is running; its unfinished objects are kept", slog.String("holder", held.Holder))
@@ -106,5 +107,5 @@ func backupLease(ctx context.Context, repo *catalog.Repo, log *slog.Logger) (run
 	case err != nil:
 		return false, nil, err
 	}
-	return false, func() { _ = lease.Release(context.WithoutCancel(ctx)) }, nil
+	return false, func() { _ = l.Release(context.WithoutCancel(ctx)) }, nil
 }

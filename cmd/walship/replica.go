@@ -52,15 +52,6 @@ func (e *env) replicaCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if c.Bool("create-slot") {
-				created, err := archiver.CreateSlot(c.Context, c.String("primary-conninfo"), slot)
-				if err != nil {
-					return err
-				}
-				if created {
-					e.log.Info("created replication slot on the primary", "slot", slot)
-				}
-			}
 			plan, err := restore.Restore(c.Context, repo, restore.Options{
 				Dir:         dir,
 				Target:      restore.Target{Kind: restore.Immediate, Backup: c.String("backup")},
@@ -78,6 +69,17 @@ func (e *env) replicaCommand() *cli.Command {
 			})
 			if err != nil {
 				return err
+			}
+			// After the restore, so that a failed one leaves no slot
+			// holding WAL on the primary.
+			if c.Bool("create-slot") {
+				created, err := archiver.CreateSlot(c.Context, c.String("primary-conninfo"), slot)
+				if err != nil {
+					return err
+				}
+				if created {
+					e.log.Info("created replication slot on the primary", "slot", slot)
+				}
 			}
 			printPlan(c.App.Writer, plan, dir)
 			return nil

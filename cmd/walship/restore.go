@@ -214,7 +214,9 @@ func parseTargetTime(s string) (time.Time, error) {
 			if layout == targetTimeLayouts[len(targetTimeLayouts)-1] && !strings.HasSuffix(s, "UTC") {
 				continue // only UTC among zone abbreviations: others are ambiguous
 			}
-			return t, nil
+			// PostgreSQL's timestamps are microseconds: plan with what
+			// recovery will compare.
+			return t.Truncate(time.Microsecond), nil
 		}
 	}
 	return time.Time{}, fmt.Errorf("want RFC 3339 (2026-11-28T10:15:00.123Z) or 2026-11-28 10:15:00+00, with a zone offset")

@@ -1,4 +1,7 @@
-package archiver
+// Package lease keeps a repository to one writer of a kind (the archiver,
+// or one backup or prune) with leases built on conditional create: expiring,
+// renewed, taken over once expired, and self-fencing when a renewal fails.
+package lease
 
 import (
 	"bytes"
@@ -11,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,9 +23,9 @@ import (
 	"github.com/walship/walship/storage"
 )
 
-// The archiver lease keeps a repository to one archiver. The store offers no
+// A lease keeps a repository to one archiver (or backup). The store offers no
 // compare-and-swap, only conditional create (storage.Creator), so the lease
-// is a series of generations: LeasePrefix followed by the generation in 16
+// is a series of generations: Prefix followed by the generation in 16
 // upper-case hex digits, each a small plain-JSON object (leaseRecord). The
 // highest generation is the lease. Its holder renews it by replacing its own
 // object; a taker never replaces an object but creates the next generation,
@@ -39,15 +43,15 @@ import (
 // at once as long as their clocks disagree by less than ClockSkew plus that
 // sixth of the TTL, and the archiver stops writing when Lost is closed.
 
-// LeasePrefix is the common prefix of the archiver lease's generations
+// Prefix is the common prefix of the archiver lease's generations
 // (storage/catalog documents the layout).
-const LeasePrefix = "locks/archiver/"
+const Prefix = "locks/archiver/"
 
-// Defaults and limits of LeaseOptions.
+// Defaults and limits of Options.
 const (
-	DefaultLeaseTTL       = 30 * time.Second
-	DefaultLeaseClockSkew = 5 * time.Second
-	MinLeaseTTL           = 100 * time.Millisecond
+	DefaultTTL       = 30 * time.Second
+	DefaultClockSkew = 5 * time.Second
+	MinTTL           = 100 * time.Millisecond
 )
 
 const (
@@ -68,23 +72,23 @@ const (
 	leaseAttrLostIn     = "lost_in"
 )
 
-// ErrLeaseLost reports that the lease was taken over, removed, or not renewed
+// ErrLost reports that the lease was taken over, removed, or not renewed
 // in time. The holder must stop writing to the repository at once.
-var ErrLeaseLost = errors.New("repository lease lost: another archiver may now write the repository; stop writing (walship must exit and be started again)")
+var ErrLost = errors.New("repository lease lost: another archiver may now write the repository; stop writing (walship must exit and be started again)")
 
 var errLeaseReleased = errors.New("repository lease already released")
 
 // errLeaseUnreadable marks a lease object that is not a lease record.
 var errLeaseUnreadable = errors.New("not a lease record")
 
-// LeaseHeldError reports that another archiver holds the lease.
-type LeaseHeldError struct {
+// HeldError reports that another archiver holds the lease.
+type HeldError struct {
 	Key     string    // the lease object
 	Holder  string    // who holds it; empty when the object cannot be read
 	Expires time.Time // when it expires unless renewed
 }
 
-func (e *LeaseHeldError) Error() string {
+func (e *HeldError) Error() string {
 	exp := e.Expires.UTC().Format(time.RFC3339)
 	if e.Holder == "" {
 		return fmt.Sprintf("repository lease %s cannot be read, so it counts as held until %s; "+
@@ -94,24 +98,24 @@ func (e *LeaseHeldError) Error() string {
 		"stop it, or wait (a clean stop releases the lease at once, a crashed archiver's lease expires)", strconv.Quote(e.Holder), exp)
 }
 
-// LeaseOptions configure AcquireLease.
-type LeaseOptions struct {
+// Options configure Acquire.
+type Options struct {
 	// Name is what the lease guards: "archiver" (the default: one WAL
 	// archiver per repository) or "backup" (one base backup or prune at a
 	// time). Its generations live under locks/<Name>/.
 	Name string
 	// TTL is how long the lease lasts without renewal; Keep renews it every
-	// third of it. Zero means DefaultLeaseTTL; at least MinLeaseTTL.
+	// third of it. Zero means DefaultTTL; at least MinTTL.
 	TTL time.Duration
 	// ClockSkew is how far the clocks of two archivers may disagree; an
 	// expired lease is taken over only ClockSkew after its expiry. Zero
-	// means DefaultLeaseClockSkew.
+	// means DefaultClockSkew.
 	ClockSkew time.Duration
 	// Holder names this archiver in the lease and in other archivers'
 	// errors; it must be unique. Empty means host/pid/random id.
 	Holder string
-	// Wait makes AcquireLease wait for a held lease to become free, until
-	// ctx ends, instead of failing with *LeaseHeldError.
+	// Wait makes Acquire wait for a held lease to become free, until
+	// ctx ends, instead of failing with *HeldError.
 	Wait bool
 	// Now is the wall clock for the times in lease objects; nil means
 	// time.Now. Self-fencing always uses the monotonic clock.
@@ -120,25 +124,28 @@ type LeaseOptions struct {
 	Log *slog.Logger
 }
 
-func (o LeaseOptions) prefix() string {
+// validName is what a lease name may be: it names a directory under locks/.
+var validName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+func (o Options) prefix() string {
 	if o.Name == "" {
-		return LeasePrefix
+		return Prefix
 	}
 	return "locks/" + o.Name + "/"
 }
 
-func (o *LeaseOptions) setDefaults() error {
-	if o.Name != "" && !slotName.MatchString(o.Name) {
+func (o *Options) setDefaults() error {
+	if o.Name != "" && !validName.MatchString(o.Name) {
 		return fmt.Errorf("lease name %q: use lower-case letters, digits and underscores", o.Name)
 	}
 	if o.TTL == 0 {
-		o.TTL = DefaultLeaseTTL
+		o.TTL = DefaultTTL
 	}
-	if o.TTL < MinLeaseTTL {
-		return fmt.Errorf("lease TTL %s: use at least %s", o.TTL, MinLeaseTTL)
+	if o.TTL < MinTTL {
+		return fmt.Errorf("lease TTL %s: use at least %s", o.TTL, MinTTL)
 	}
 	if o.ClockSkew == 0 {
-		o.ClockSkew = DefaultLeaseClockSkew
+		o.ClockSkew = DefaultClockSkew
 	}
 	if o.ClockSkew < 0 {
 		return fmt.Errorf("lease clock skew %s is negative", o.ClockSkew)
@@ -166,7 +173,7 @@ func (o *LeaseOptions) setDefaults() error {
 
 // fenceMargin is how long before the expiry it wrote a holder stops
 // counting on its lease.
-func (o *LeaseOptions) fenceMargin() time.Duration { return o.TTL / 6 }
+func (o *Options) fenceMargin() time.Duration { return o.TTL / 6 }
 
 // leaseRecord is the content of a lease object.
 type leaseRecord struct {
@@ -177,8 +184,8 @@ type leaseRecord struct {
 	Released bool      `json:"released,omitempty"` // free at once
 }
 
-// LeaseKey is the key of the archiver lease's generation gen.
-func LeaseKey(gen uint64) string { return leaseKeyIn(LeasePrefix, gen) }
+// Key is the key of the archiver lease's generation gen.
+func Key(gen uint64) string { return leaseKeyIn(Prefix, gen) }
 
 func leaseKeyIn(prefix string, gen uint64) string { return fmt.Sprintf("%s%016X", prefix, gen) }
 
@@ -259,7 +266,7 @@ func (r leaseRecord) encode() (io.Reader, error) {
 // Lease is a held archiver lease. Its methods are safe for concurrent use.
 type Lease struct {
 	store    storage.Store
-	opts     LeaseOptions
+	opts     Options
 	gen      uint64
 	key      string
 	acquired time.Time // wall clock
@@ -275,13 +282,13 @@ type Lease struct {
 	lost     chan struct{} // closed once lost
 }
 
-// AcquireLease takes the archiver lease of the repository in s, which must
-// implement storage.Creator. When another archiver holds it, AcquireLease
-// fails with *LeaseHeldError or, with opts.Wait, waits until it is free or
+// Acquire takes the archiver lease of the repository in s, which must
+// implement storage.Creator. When another archiver holds it, Acquire
+// fails with *HeldError or, with opts.Wait, waits until it is free or
 // ctx ends. The caller keeps the lease with Keep, stops writing as soon as
 // Lost is closed, and gives the lease up with Release once it has stopped
 // writing.
-func AcquireLease(ctx context.Context, s storage.Store, opts LeaseOptions) (*Lease, error) {
+func Acquire(ctx context.Context, s storage.Store, opts Options) (*Lease, error) {
 	c, ok := s.(storage.Creator)
 	if !ok {
 		return nil, errors.New("acquire lease: the store cannot create objects conditionally (no storage.Creator), which the archiver lease needs; use a store that supports conditional writes (If-None-Match)")
@@ -289,10 +296,10 @@ func AcquireLease(ctx context.Context, s storage.Store, opts LeaseOptions) (*Lea
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
-	var waiting *LeaseHeldError
+	var waiting *HeldError
 	for {
 		l, err := tryAcquire(ctx, s, c, opts)
-		var held *LeaseHeldError
+		var held *HeldError
 		if err == nil || !opts.Wait || !errors.As(err, &held) {
 			return l, err
 		}
@@ -312,7 +319,7 @@ func AcquireLease(ctx context.Context, s storage.Store, opts LeaseOptions) (*Lea
 	}
 }
 
-func tryAcquire(ctx context.Context, s storage.Store, c storage.Creator, opts LeaseOptions) (*Lease, error) {
+func tryAcquire(ctx context.Context, s storage.Store, c storage.Creator, opts Options) (*Lease, error) {
 	for range leaseMaxAttempts {
 		top, err := listLease(ctx, s, opts.prefix(), opts.Log)
 		if err != nil {
@@ -331,14 +338,14 @@ func tryAcquire(ctx context.Context, s storage.Store, c storage.Creator, opts Le
 				if now.Before(until.Add(opts.ClockSkew)) {
 					opts.Log.Warn("the repository lease object cannot be read; treating it as held until its last write plus the lease TTL",
 						slog.String(leaseAttrKey, top.info.Key), slog.Time(leaseAttrUntil, until), slog.Any(leaseAttrError, err))
-					return nil, &LeaseHeldError{Key: top.info.Key, Expires: until}
+					return nil, &HeldError{Key: top.info.Key, Expires: until}
 				}
 				opts.Log.Warn("taking over an unreadable repository lease object unchanged for longer than the lease TTL",
 					slog.String(leaseAttrKey, top.info.Key), slog.Any(leaseAttrError, err))
 			case err != nil:
 				return nil, fmt.Errorf("acquire lease: %w", err)
 			case !prev.Released && now.Before(prev.Expires.Add(opts.ClockSkew)):
-				return nil, &LeaseHeldError{Key: top.info.Key, Holder: prev.Holder, Expires: prev.Expires}
+				return nil, &HeldError{Key: top.info.Key, Holder: prev.Holder, Expires: prev.Expires}
 			case !prev.Released:
 				opts.Log.Warn("taking over an expired repository lease", slog.String(leaseAttrHolder, prev.Holder),
 					slog.Time(leaseAttrExpires, prev.Expires), slog.String(leaseAttrKey, top.info.Key))
@@ -425,9 +432,9 @@ func (l *Lease) Holder() string { return l.opts.Holder }
 func (l *Lease) Lost() <-chan struct{} { return l.lost }
 
 // Keep renews the lease every third of its TTL until ctx ends or the lease
-// is released (returning nil) or lost (returning ErrLeaseLost). Failed
+// is released (returning nil) or lost (returning ErrLost). Failed
 // renewals are logged and retried; each is bounded by the time the lease
-// is good for. Start it right after AcquireLease: the first renewal is due a
+// is good for. Start it right after Acquire: the first renewal is due a
 // third of the TTL later.
 func (l *Lease) Keep(ctx context.Context) error {
 	t := time.NewTicker(l.opts.TTL / 3)
@@ -448,7 +455,7 @@ func (l *Lease) Keep(ctx context.Context) error {
 		cancel()
 		switch {
 		case err == nil:
-		case errors.Is(err, ErrLeaseLost):
+		case errors.Is(err, ErrLost):
 			return err
 		case errors.Is(err, errLeaseReleased) || ctx.Err() != nil:
 			return nil
@@ -459,7 +466,7 @@ func (l *Lease) Keep(ctx context.Context) error {
 	}
 }
 
-// Renew extends the lease by its TTL from now. It returns ErrLeaseLost if a
+// Renew extends the lease by its TTL from now. It returns ErrLost if a
 // newer generation exists, the lease object is gone, or the lease was not
 // renewed in time, and a plain error if the store failed (the lease then
 // stays held until its deadline).
@@ -586,7 +593,7 @@ func (l *Lease) lose(reason string) error {
 }
 
 func (l *Lease) loseLocked(reason string) error {
-	l.lostErr = ErrLeaseLost
+	l.lostErr = ErrLost
 	l.fence.Stop()
 	close(l.lost)
 	close(l.done)

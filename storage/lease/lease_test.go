@@ -1,4 +1,4 @@
-package archiver
+package lease
 
 import (
 	"bytes"
@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -26,6 +27,8 @@ import (
 
 // leaseStores runs f against a file store and a real MinIO through
 // storage/s3, a fresh repository for each.
+func TestMain(m *testing.M) { os.Exit(miniotest.Main(m)) }
+
 func leaseStores(t *testing.T, f func(t *testing.T, s storage.Store)) {
 	t.Run("file", func(t *testing.T) {
 		t.Parallel()
@@ -89,31 +92,31 @@ func at(t time.Time) func() time.Time { return func() time.Time { return t } }
 
 // acquireLease acquires or fails the test, and releases the lease when the
 // test ends so that no fence timer outlives it.
-func acquireLease(t *testing.T, s storage.Store, opts LeaseOptions) *Lease {
+func acquireLease(t *testing.T, s storage.Store, opts Options) *Lease {
 	t.Helper()
 	if opts.Log == nil {
 		opts.Log = testLogger(t)
 	}
-	l, err := AcquireLease(t.Context(), s, opts)
+	l, err := Acquire(t.Context(), s, opts)
 	if err != nil {
-		t.Fatalf("AcquireLease(%s): %v", opts.Holder, err)
+		t.Fatalf("Acquire(%s): %v", opts.Holder, err)
 	}
 	t.Cleanup(func() { _ = l.Release(context.Background()) })
 	return l
 }
 
-// wantHeld checks that acquiring fails with a LeaseHeldError and returns it.
-func wantHeld(t *testing.T, s storage.Store, opts LeaseOptions) *LeaseHeldError {
+// wantHeld checks that acquiring fails with a HeldError and returns it.
+func wantHeld(t *testing.T, s storage.Store, opts Options) *HeldError {
 	t.Helper()
 	opts.Log = testLogger(t)
-	l, err := AcquireLease(t.Context(), s, opts)
+	l, err := Acquire(t.Context(), s, opts)
 	if err == nil {
 		_ = l.Release(context.Background())
-		t.Fatalf("AcquireLease(%s) took generation %d, want a LeaseHeldError", opts.Holder, l.Generation())
+		t.Fatalf("Acquire(%s) took generation %d, want a HeldError", opts.Holder, l.Generation())
 	}
-	var held *LeaseHeldError
+	var held *HeldError
 	if !errors.As(err, &held) {
-		t.Fatalf("AcquireLease(%s) = %v, want a LeaseHeldError", opts.Holder, err)
+		t.Fatalf("Acquire(%s) = %v, want a HeldError", opts.Holder, err)
 	}
 	return held
 }
@@ -133,7 +136,7 @@ func listObjects(t *testing.T, s storage.Store, prefix string) []storage.ObjectI
 func leaseKeys(t *testing.T, s storage.Store) []string {
 	t.Helper()
 	var keys []string
-	for _, info := range listObjects(t, s, LeasePrefix) {
+	for _, info := range listObjects(t, s, Prefix) {
 		keys = append(keys, info.Key)
 	}
 	return keys
@@ -149,8 +152,8 @@ func isClosed(c <-chan struct{}) bool {
 }
 
 func TestLeaseKey(t *testing.T) {
-	if got, want := LeaseKey(1), "locks/archiver/0000000000000001"; got != want {
-		t.Errorf("LeaseKey(1) = %q, want %q", got, want)
+	if got, want := Key(1), "locks/archiver/0000000000000001"; got != want {
+		t.Errorf("Key(1) = %q, want %q", got, want)
 	}
 	for _, tc := range []struct {
 		key string
@@ -165,7 +168,7 @@ func TestLeaseKey(t *testing.T) {
 		{"locks/archiver/README", 0, false},
 		{"locks/other/0000000000000001", 0, false},
 	} {
-		gen, ok := parseLeaseKey(LeasePrefix, tc.key)
+		gen, ok := parseLeaseKey(Prefix, tc.key)
 		if gen != tc.gen || ok != tc.ok {
 			t.Errorf("parseLeaseKey(%q) = %d, %v; want %d, %v", tc.key, gen, ok, tc.gen, tc.ok)
 		}
@@ -177,14 +180,14 @@ func TestLeaseOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := AcquireLease(t.Context(), s, LeaseOptions{TTL: 50 * time.Millisecond}); err == nil || !strings.Contains(err.Error(), "at least") {
+	if _, err := Acquire(t.Context(), s, Options{TTL: 50 * time.Millisecond}); err == nil || !strings.Contains(err.Error(), "at least") {
 		t.Errorf("TTL 50ms: err = %v, want a TTL error", err)
 	}
-	_, err = AcquireLease(t.Context(), struct{ storage.Store }{s}, LeaseOptions{})
+	_, err = Acquire(t.Context(), struct{ storage.Store }{s}, Options{})
 	if err == nil || !strings.Contains(err.Error(), "conditionally") {
 		t.Errorf("store without Creator: err = %v, want one saying it cannot create conditionally", err)
 	}
-	l := acquireLease(t, s, LeaseOptions{})
+	l := acquireLease(t, s, Options{})
 	parts := strings.Split(l.Holder(), "/")
 	if len(parts) != 3 || parts[1] != strconv.Itoa(os.Getpid()) || len(parts[2]) != 12 {
 		t.Errorf("default holder %q, want host/%d/<12 hex digits>", l.Holder(), os.Getpid())
@@ -193,7 +196,7 @@ func TestLeaseOptions(t *testing.T) {
 
 func TestLeaseAcquireEmpty(t *testing.T) {
 	leaseStores(t, func(t *testing.T, s storage.Store) {
-		l := acquireLease(t, s, LeaseOptions{Holder: "a", Now: at(leaseT0)})
+		l := acquireLease(t, s, Options{Holder: "a", Now: at(leaseT0)})
 		if got, want := l.Generation(), uint64(1); got != want {
 			t.Errorf("generation %d, want %d", got, want)
 		}
@@ -204,7 +207,7 @@ func TestLeaseAcquireEmpty(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := leaseRecord{Holder: "a", Acquired: leaseT0, Renewed: leaseT0, Expires: leaseT0.Add(DefaultLeaseTTL)}
+		want := leaseRecord{Holder: "a", Acquired: leaseT0, Renewed: leaseT0, Expires: leaseT0.Add(DefaultTTL)}
 		if rec != want {
 			t.Errorf("lease object %+v, want %+v", rec, want)
 		}
@@ -216,14 +219,14 @@ func TestLeaseAcquireEmpty(t *testing.T) {
 
 func TestLeaseHeld(t *testing.T) {
 	leaseStores(t, func(t *testing.T, s storage.Store) {
-		acquireLease(t, s, LeaseOptions{Holder: "host-a/42/abc", Now: at(leaseT0)})
+		acquireLease(t, s, Options{Holder: "host-a/42/abc", Now: at(leaseT0)})
 		// Expired, but not by more than the clock skew allowed for.
-		late := leaseT0.Add(DefaultLeaseTTL + DefaultLeaseClockSkew - time.Millisecond)
+		late := leaseT0.Add(DefaultTTL + DefaultClockSkew - time.Millisecond)
 		for _, now := range []time.Time{leaseT0, late} {
-			held := wantHeld(t, s, LeaseOptions{Holder: "b", Now: at(now)})
-			want := LeaseHeldError{Key: LeaseKey(1), Holder: "host-a/42/abc", Expires: leaseT0.Add(DefaultLeaseTTL)}
+			held := wantHeld(t, s, Options{Holder: "b", Now: at(now)})
+			want := HeldError{Key: Key(1), Holder: "host-a/42/abc", Expires: leaseT0.Add(DefaultTTL)}
 			if *held != want {
-				t.Errorf("at %s: LeaseHeldError %+v, want %+v", now, *held, want)
+				t.Errorf("at %s: HeldError %+v, want %+v", now, *held, want)
 			}
 			if msg := held.Error(); !strings.Contains(msg, `"host-a/42/abc"`) || !strings.Contains(msg, "2030-01-02T03:04:35Z") || !strings.Contains(msg, "stop it") {
 				t.Errorf("message %q does not name the holder, the expiry and what to do", msg)
@@ -234,23 +237,23 @@ func TestLeaseHeld(t *testing.T) {
 
 func TestLeaseTakeoverAfterExpiry(t *testing.T) {
 	leaseStores(t, func(t *testing.T, s storage.Store) {
-		a := acquireLease(t, s, LeaseOptions{Holder: "a", Now: at(leaseT0)})
-		later := leaseT0.Add(DefaultLeaseTTL + DefaultLeaseClockSkew)
-		b := acquireLease(t, s, LeaseOptions{Holder: "b", Now: at(later)})
+		a := acquireLease(t, s, Options{Holder: "a", Now: at(leaseT0)})
+		later := leaseT0.Add(DefaultTTL + DefaultClockSkew)
+		b := acquireLease(t, s, Options{Holder: "b", Now: at(later)})
 		if got, want := b.Generation(), uint64(2); got != want {
 			t.Errorf("taker's generation %d, want %d", got, want)
 		}
-		if got, want := leaseKeys(t, s), []string{LeaseKey(2)}; !slices.Equal(got, want) {
+		if got, want := leaseKeys(t, s), []string{Key(2)}; !slices.Equal(got, want) {
 			t.Errorf("lease objects after takeover %q, want %q (the old generation deleted)", got, want)
 		}
-		if err := a.Renew(t.Context()); !errors.Is(err, ErrLeaseLost) {
-			t.Errorf("old holder's Renew = %v, want ErrLeaseLost", err)
+		if err := a.Renew(t.Context()); !errors.Is(err, ErrLost) {
+			t.Errorf("old holder's Renew = %v, want ErrLost", err)
 		}
 		if !isClosed(a.Lost()) {
 			t.Error("old holder's Lost is open")
 		}
-		if err := a.Keep(t.Context()); !errors.Is(err, ErrLeaseLost) {
-			t.Errorf("old holder's Keep = %v, want ErrLeaseLost", err)
+		if err := a.Keep(t.Context()); !errors.Is(err, ErrLost) {
+			t.Errorf("old holder's Keep = %v, want ErrLost", err)
 		}
 		if err := b.Renew(t.Context()); err != nil {
 			t.Errorf("new holder's Renew: %v", err)
@@ -259,7 +262,7 @@ func TestLeaseTakeoverAfterExpiry(t *testing.T) {
 		if err := a.Release(t.Context()); err != nil {
 			t.Errorf("old holder's Release: %v", err)
 		}
-		rec, err := readLease(t.Context(), s, LeaseKey(2))
+		rec, err := readLease(t.Context(), s, Key(2))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -271,15 +274,15 @@ func TestLeaseTakeoverAfterExpiry(t *testing.T) {
 
 func TestLeaseReleaseLetsNextAcquire(t *testing.T) {
 	leaseStores(t, func(t *testing.T, s storage.Store) {
-		a := acquireLease(t, s, LeaseOptions{Holder: "a", Now: at(leaseT0)})
+		a := acquireLease(t, s, Options{Holder: "a", Now: at(leaseT0)})
 		if err := a.Release(t.Context()); err != nil {
 			t.Fatal(err)
 		}
 		if err := a.Release(t.Context()); err != nil {
 			t.Errorf("second Release: %v", err)
 		}
-		if err := a.Renew(t.Context()); err == nil || errors.Is(err, ErrLeaseLost) {
-			t.Errorf("Renew after Release = %v, want an error other than ErrLeaseLost", err)
+		if err := a.Renew(t.Context()); err == nil || errors.Is(err, ErrLost) {
+			t.Errorf("Renew after Release = %v, want an error other than ErrLost", err)
 		}
 		if isClosed(a.Lost()) {
 			t.Error("a released lease reports itself lost")
@@ -288,11 +291,11 @@ func TestLeaseReleaseLetsNextAcquire(t *testing.T) {
 			t.Errorf("Keep after Release = %v, want nil", err)
 		}
 		// At the very same instant, well before the expiry.
-		b := acquireLease(t, s, LeaseOptions{Holder: "b", Now: at(leaseT0)})
+		b := acquireLease(t, s, Options{Holder: "b", Now: at(leaseT0)})
 		if got, want := b.Generation(), uint64(2); got != want {
 			t.Errorf("next generation %d, want %d (generations never go back)", got, want)
 		}
-		if got, want := leaseKeys(t, s), []string{LeaseKey(2)}; !slices.Equal(got, want) {
+		if got, want := leaseKeys(t, s), []string{Key(2)}; !slices.Equal(got, want) {
 			t.Errorf("lease objects %q, want %q", got, want)
 		}
 	})
@@ -300,7 +303,7 @@ func TestLeaseReleaseLetsNextAcquire(t *testing.T) {
 
 func TestLeaseRace(t *testing.T) {
 	leaseStores(t, func(t *testing.T, s storage.Store) {
-		acquireLease(t, s, LeaseOptions{Holder: "old", Now: at(leaseT0)})
+		acquireLease(t, s, Options{Holder: "old", Now: at(leaseT0)})
 		later := at(leaseT0.Add(time.Hour))
 		const n = 8
 		leases := make([]*Lease, n)
@@ -310,7 +313,7 @@ func TestLeaseRace(t *testing.T) {
 		for i := range n {
 			wg.Go(func() {
 				<-start
-				leases[i], errs[i] = AcquireLease(t.Context(), s, LeaseOptions{Holder: fmt.Sprintf("taker-%d", i), Now: later, Log: testLogger(t)})
+				leases[i], errs[i] = Acquire(t.Context(), s, Options{Holder: fmt.Sprintf("taker-%d", i), Now: later, Log: testLogger(t)})
 			})
 		}
 		close(start)
@@ -337,12 +340,12 @@ func TestLeaseRace(t *testing.T) {
 			if leases[i] != nil {
 				continue
 			}
-			var held *LeaseHeldError
+			var held *HeldError
 			if !errors.As(err, &held) || held.Holder != winner.Holder() {
-				t.Errorf("taker %d: %v, want a LeaseHeldError naming %s", i, err, winner.Holder())
+				t.Errorf("taker %d: %v, want a HeldError naming %s", i, err, winner.Holder())
 			}
 		}
-		if got, want := leaseKeys(t, s), []string{LeaseKey(2)}; !slices.Equal(got, want) {
+		if got, want := leaseKeys(t, s), []string{Key(2)}; !slices.Equal(got, want) {
 			t.Errorf("lease objects %q, want %q", got, want)
 		}
 	})
@@ -353,10 +356,10 @@ func TestLeaseRace(t *testing.T) {
 // reuse a deleted generation.
 func TestLeaseStaleListing(t *testing.T) {
 	leaseStores(t, func(t *testing.T, s storage.Store) {
-		acquireLease(t, s, LeaseOptions{Holder: "old", Now: at(leaseT0)})
+		acquireLease(t, s, Options{Holder: "old", Now: at(leaseT0)})
 		later := at(leaseT0.Add(time.Hour))
-		winner := acquireLease(t, s, LeaseOptions{Holder: "winner", Now: later})
-		if got, want := leaseKeys(t, s), []string{LeaseKey(2)}; !slices.Equal(got, want) {
+		winner := acquireLease(t, s, Options{Holder: "winner", Now: later})
+		if got, want := leaseKeys(t, s), []string{Key(2)}; !slices.Equal(got, want) {
 			t.Fatalf("lease objects %q, want %q", got, want)
 		}
 		stale := true
@@ -367,12 +370,12 @@ func TestLeaseStaleListing(t *testing.T) {
 			}
 			return s.List(ctx, prefix)
 		}}
-		_, err := AcquireLease(t.Context(), fs, LeaseOptions{Holder: "late", Now: later, Log: testLogger(t)})
-		var held *LeaseHeldError
+		_, err := Acquire(t.Context(), fs, Options{Holder: "late", Now: later, Log: testLogger(t)})
+		var held *HeldError
 		if !errors.As(err, &held) || held.Holder != "winner" {
-			t.Errorf("AcquireLease after a stale listing = %v, want a LeaseHeldError naming winner", err)
+			t.Errorf("Acquire after a stale listing = %v, want a HeldError naming winner", err)
 		}
-		if got, want := leaseKeys(t, s), []string{LeaseKey(2)}; !slices.Equal(got, want) {
+		if got, want := leaseKeys(t, s), []string{Key(2)}; !slices.Equal(got, want) {
 			t.Errorf("lease objects %q, want %q (the reused generation withdrawn)", got, want)
 		}
 		if err := winner.Renew(t.Context()); err != nil {
@@ -384,14 +387,14 @@ func TestLeaseStaleListing(t *testing.T) {
 func TestLeaseWait(t *testing.T) {
 	leaseStores(t, func(t *testing.T, s storage.Store) {
 		const ttl = 3 * time.Second // polls every 500ms
-		a := acquireLease(t, s, LeaseOptions{Holder: "a", TTL: ttl})
+		a := acquireLease(t, s, Options{Holder: "a", TTL: ttl})
 
 		ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 		defer cancel()
-		_, err := AcquireLease(ctx, s, LeaseOptions{Holder: "impatient", TTL: ttl, Wait: true, Log: testLogger(t)})
-		var held *LeaseHeldError
+		_, err := Acquire(ctx, s, Options{Holder: "impatient", TTL: ttl, Wait: true, Log: testLogger(t)})
+		var held *HeldError
 		if !errors.As(err, &held) || held.Holder != "a" || !errors.Is(err, context.DeadlineExceeded) {
-			t.Errorf("waiting past the deadline: %v, want a LeaseHeldError naming a and DeadlineExceeded", err)
+			t.Errorf("waiting past the deadline: %v, want a HeldError naming a and DeadlineExceeded", err)
 		}
 
 		type result struct {
@@ -400,7 +403,7 @@ func TestLeaseWait(t *testing.T) {
 		}
 		got := make(chan result, 1)
 		go func() {
-			l, err := AcquireLease(t.Context(), s, LeaseOptions{Holder: "b", TTL: ttl, Wait: true, Log: testLogger(t)})
+			l, err := Acquire(t.Context(), s, Options{Holder: "b", TTL: ttl, Wait: true, Log: testLogger(t)})
 			got <- result{l, err}
 		}()
 		select {
@@ -437,30 +440,30 @@ func TestLeaseUnreadable(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			leaseStores(t, func(t *testing.T, s storage.Store) {
-				if err := s.Put(t.Context(), LeaseKey(1), bytes.NewReader(tc.body)); err != nil {
+				if err := s.Put(t.Context(), Key(1), bytes.NewReader(tc.body)); err != nil {
 					t.Fatal(err)
 				}
 				// An object that is not a generation is ignored.
-				if err := s.Put(t.Context(), LeasePrefix+"README", strings.NewReader("hello")); err != nil {
+				if err := s.Put(t.Context(), Prefix+"README", strings.NewReader("hello")); err != nil {
 					t.Fatal(err)
 				}
 				var mod time.Time
-				for _, info := range listObjects(t, s, LeaseKey(1)) {
+				for _, info := range listObjects(t, s, Key(1)) {
 					mod = info.ModTime
 				}
-				held := wantHeld(t, s, LeaseOptions{Holder: "b", Now: at(mod.Add(time.Second))})
-				want := LeaseHeldError{Key: LeaseKey(1), Expires: mod.Add(DefaultLeaseTTL)}
+				held := wantHeld(t, s, Options{Holder: "b", Now: at(mod.Add(time.Second))})
+				want := HeldError{Key: Key(1), Expires: mod.Add(DefaultTTL)}
 				if !held.Expires.Equal(want.Expires) || held.Key != want.Key || held.Holder != "" {
-					t.Errorf("LeaseHeldError %+v, want %+v", *held, want)
+					t.Errorf("HeldError %+v, want %+v", *held, want)
 				}
-				if msg := held.Error(); !strings.Contains(msg, "cannot be read") || !strings.Contains(msg, LeaseKey(1)) {
+				if msg := held.Error(); !strings.Contains(msg, "cannot be read") || !strings.Contains(msg, Key(1)) {
 					t.Errorf("message %q does not say the lease cannot be read", msg)
 				}
-				l := acquireLease(t, s, LeaseOptions{Holder: "b", Now: at(mod.Add(DefaultLeaseTTL + DefaultLeaseClockSkew))})
+				l := acquireLease(t, s, Options{Holder: "b", Now: at(mod.Add(DefaultTTL + DefaultClockSkew))})
 				if got, want := l.Generation(), uint64(2); got != want {
 					t.Errorf("generation %d, want %d", got, want)
 				}
-				if got, want := leaseKeys(t, s), []string{LeaseKey(2), LeasePrefix + "README"}; !slices.Equal(got, want) {
+				if got, want := leaseKeys(t, s), []string{Key(2), Prefix + "README"}; !slices.Equal(got, want) {
 					t.Errorf("lease objects %q, want %q", got, want)
 				}
 			})
@@ -482,11 +485,11 @@ func TestLeaseCreateAnsweredExist(t *testing.T) {
 		}
 		return fmt.Errorf("create %s: retried: %w", key, storage.ErrExist)
 	}}
-	l := acquireLease(t, fs, LeaseOptions{Holder: "a"})
+	l := acquireLease(t, fs, Options{Holder: "a"})
 	if l.Generation() != 1 {
 		t.Errorf("generation %d, want 1", l.Generation())
 	}
-	wantHeld(t, fs, LeaseOptions{Holder: "b"})
+	wantHeld(t, fs, Options{Holder: "b"})
 }
 
 func TestLeaseKeep(t *testing.T) {
@@ -494,7 +497,7 @@ func TestLeaseKeep(t *testing.T) {
 		// Long enough that a renewal slowed by a busy 2-core machine (the
 		// whole suite runs at once) still lands well within it.
 		const ttl = 2 * time.Second
-		l := acquireLease(t, s, LeaseOptions{Holder: "a", TTL: ttl})
+		l := acquireLease(t, s, Options{Holder: "a", TTL: ttl})
 		first, err := readLease(t.Context(), s, l.Key())
 		if err != nil {
 			t.Fatal(err)
@@ -517,7 +520,7 @@ func TestLeaseKeep(t *testing.T) {
 		if !last.Acquired.Equal(first.Acquired) || last.Expires.Sub(first.Expires) < 2*ttl {
 			t.Errorf("after %s of renewals the lease is %+v, first %+v: want the same acquisition and an expiry at least %s later", 3*ttl, last, first, 2*ttl)
 		}
-		wantHeld(t, s, LeaseOptions{Holder: "b", TTL: ttl})
+		wantHeld(t, s, Options{Holder: "b", TTL: ttl})
 	})
 }
 
@@ -540,7 +543,7 @@ func TestLeaseSelfFence(t *testing.T) {
 				unblock := make(chan struct{})
 				fs := faultStore{Store: s, put: tc.put(unblock)}
 				start := time.Now()
-				l := acquireLease(t, fs, LeaseOptions{Holder: "a", TTL: ttl})
+				l := acquireLease(t, fs, Options{Holder: "a", TTL: ttl})
 				kept := make(chan error, 1)
 				go func() { kept <- l.Keep(t.Context()) }()
 				select {
@@ -555,14 +558,26 @@ func TestLeaseSelfFence(t *testing.T) {
 				if took >= ttl*3/2 || took < ttl/2 {
 					t.Errorf("lost after %s, want between %s and about the TTL %s", took, ttl/2, ttl)
 				}
-				if err := <-kept; !errors.Is(err, ErrLeaseLost) {
-					t.Errorf("Keep = %v, want ErrLeaseLost", err)
+				if err := <-kept; !errors.Is(err, ErrLost) {
+					t.Errorf("Keep = %v, want ErrLost", err)
 				}
-				if err := l.Renew(t.Context()); !errors.Is(err, ErrLeaseLost) {
-					t.Errorf("Renew after the fence = %v, want ErrLeaseLost", err)
+				if err := l.Renew(t.Context()); !errors.Is(err, ErrLost) {
+					t.Errorf("Renew after the fence = %v, want ErrLost", err)
 				}
 				t.Logf("self-fenced after %s", took.Round(time.Millisecond))
 			})
 		})
 	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(p))
+	return len(p), nil
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
