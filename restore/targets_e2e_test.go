@@ -181,6 +181,16 @@ func restoreTargets(t *testing.T, bin string, version int, repoURL string, all b
 			if got := r.Scalar(t, "SHOW archive_mode"); got != "off" {
 				t.Errorf("archive_mode %s on the restored node, want off", got)
 			}
+			if tc.name == "latest" {
+				amcheck, err := pgtest.ClientBin("pg_amcheck")
+				if err != nil {
+					t.Fatal(err)
+				}
+				cmd := exec.Command(amcheck, "--install-missing", "--heapallindexed", "-h", "127.0.0.1", "-p", strconv.Itoa(r.Port()), "-U", "postgres", "postgres")
+				if out, err := cmd.CombinedOutput(); err != nil {
+					t.Errorf("pg_amcheck on the restored cluster: %v\n%s", err, out)
+				}
+			}
 		})
 	}
 	if !all {

@@ -88,7 +88,11 @@ func (r *VerifyReport) checksums(ctx context.Context, repo *catalog.Repo, concur
 					info, err = codec.Verify(rc, k)
 					_ = rc.Close()
 				}
-				results <- result{k, info, err}
+				select {
+				case results <- result{k, info, err}:
+				case <-ctx.Done():
+					return
+				}
 			}
 		})
 	}
