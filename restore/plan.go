@@ -301,7 +301,7 @@ func window(inv Inventory, candidates []catalog.Backup, events []Event, walEnd w
 	// From the newest commit the oldest backup holds to the newest commit
 	// stored: a target T needs no commit later than T before the backup's
 	// end, and one after it.
-	w := Window{From: oldest.StartTime, Exact: true}
+	w := Window{From: oldest.StartTime.Truncate(time.Microsecond), Exact: true}
 	for _, e := range events {
 		if e.Name != "" || e.LSN >= walEnd {
 			continue
