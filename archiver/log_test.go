@@ -3,16 +3,8 @@ package archiver
 import (
 	"log/slog"
 	"testing"
+
+	"github.com/walship/walship/internal/testlog"
 )
 
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(string(p))
-	return len(p), nil
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
+func testLogger(t *testing.T) *slog.Logger { return testlog.New(t) }

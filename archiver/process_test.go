@@ -16,6 +16,7 @@ import (
 
 	"github.com/walship/walship/internal/clitest"
 	"github.com/walship/walship/internal/pgtest"
+	"github.com/walship/walship/internal/testlog"
 	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/storage/catalog"
 )
@@ -72,7 +73,7 @@ func archiveCmd(t *testing.T, c *pgtest.Cluster, dir string, extra ...string) *e
 	args := append([]string{"--repo", "file://" + dir, "--log-format", "json", "archive", "--pg", c.ConnString(),
 		"--sync-interval", "100ms", "--lease-ttl", "2s", "--wait"}, extra...)
 	cmd := exec.Command(clitest.Binary(t), args...)
-	cmd.Stderr = testWriter{t}
+	cmd.Stderr = testlog.Writer(t)
 	return cmd
 }
 

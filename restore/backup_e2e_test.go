@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/walship/walship/internal/clitest"
-	"github.com/walship/walship/internal/miniotest"
 	"github.com/walship/walship/internal/pgtest"
 	"github.com/walship/walship/storage/catalog"
 	"github.com/walship/walship/storage/location"
@@ -29,10 +28,7 @@ import (
 // new place on 15 and 17.
 func TestBaseBackupRestores(t *testing.T) {
 	bin := clitest.Binary(t)
-	srv := miniotest.Start(t)
-	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
-	t.Setenv("AWS_REGION", "us-east-1")
+	srv := minioEnv(t)
 	fileRepo := func(t *testing.T) string { return "file://" + filepath.Join(pgtest.MkdirOwned(t), "repo") }
 	for _, v := range pgtest.Versions() {
 		t.Run(fmt.Sprintf("pg%d-file", v), func(t *testing.T) { backupRestore(t, bin, v, fileRepo(t)) })

@@ -36,12 +36,7 @@ func TestMain(m *testing.M) {
 // PostgreSQL 15, pg_waldump also reads every segment fetched back.
 func TestPITR(t *testing.T) {
 	bin := clitest.Binary(t)
-	srv := miniotest.Start(t)
-	// The servers, and so archive_command and restore_command, inherit
-	// this environment.
-	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
-	t.Setenv("AWS_REGION", "us-east-1")
+	srv := minioEnv(t)
 	fileRepo := func(t *testing.T) string { return "file://" + filepath.Join(pgtest.MkdirOwned(t), "repo") }
 	s3Repo := func(t *testing.T) string { return "s3://" + srv.Bucket(t) + "/pitr?endpoint=" + srv.URL() }
 	for _, c := range []struct {
@@ -287,4 +282,15 @@ func waldumpFetched(t *testing.T, bin, repo string, segSize uint64) string {
 	}
 	t.Logf("pg_waldump read %d records from %d fetched segments, %s to %s", strings.Count(string(out), "\n"), len(segs), first, last)
 	return string(out)
+}
+
+// minioEnv starts the test run's MinIO for t and puts its credentials in
+// the environment, which walship, the servers, and so archive_command and
+// restore_command, inherit.
+func minioEnv(t *testing.T) *miniotest.Server {
+	srv := miniotest.Start(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
+	t.Setenv("AWS_REGION", "us-east-1")
+	return srv
 }

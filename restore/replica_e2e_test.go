@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/walship/walship/internal/clitest"
-	"github.com/walship/walship/internal/miniotest"
 	"github.com/walship/walship/internal/pgtest"
 )
 
@@ -20,10 +19,7 @@ import (
 // it started.
 func TestReplica(t *testing.T) {
 	bin := clitest.Binary(t)
-	srv := miniotest.Start(t)
-	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
-	t.Setenv("AWS_REGION", "us-east-1")
+	srv := minioEnv(t)
 	repoURL := "s3://" + srv.Bucket(t) + "/replica?endpoint=" + srv.URL()
 	c := pgtest.Start(t, pgtest.Options{Version: 17})
 	c.Exec(t, "CREATE TABLE t (id int PRIMARY KEY)")

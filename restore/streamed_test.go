@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/walship/walship/internal/clitest"
-	"github.com/walship/walship/internal/miniotest"
 	"github.com/walship/walship/internal/pgtest"
 	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/storage"
@@ -31,12 +30,7 @@ import (
 // stop there, not end early and promote with fewer rows.
 func TestStreamedRecovery(t *testing.T) {
 	bin := clitest.Binary(t)
-	srv := miniotest.Start(t)
-	// The archiver and the servers, and so restore_command, inherit this
-	// environment.
-	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
-	t.Setenv("AWS_REGION", "us-east-1")
+	srv := minioEnv(t)
 	fileRepo := func(t *testing.T) string { return "file://" + filepath.Join(pgtest.MkdirOwned(t), "repo") }
 	s3Repo := func(t *testing.T) string { return "s3://" + srv.Bucket(t) + "/streamed?endpoint=" + srv.URL() }
 	for _, c := range []struct {

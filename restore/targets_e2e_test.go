@@ -15,7 +15,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walship/walship/internal/clitest"
-	"github.com/walship/walship/internal/miniotest"
 	"github.com/walship/walship/internal/pgtest"
 	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/storage/catalog"
@@ -44,10 +43,7 @@ type marker struct {
 // against MinIO through both S3 clients and a file repository.
 func TestRestoreTargets(t *testing.T) {
 	bin := clitest.Binary(t)
-	srv := miniotest.Start(t)
-	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
-	t.Setenv("AWS_REGION", "us-east-1")
+	srv := minioEnv(t)
 	repos := map[string]func(t *testing.T) string{
 		"file": func(t *testing.T) string { return "file://" + filepath.Join(pgtest.MkdirOwned(t), "repo") },
 		"s3":   func(t *testing.T) string { return "s3://" + srv.Bucket(t) + "/pitr?endpoint=" + srv.URL() },

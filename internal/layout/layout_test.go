@@ -36,6 +36,7 @@ var testOnly = []string{
 	module + "/internal/pgtest",
 	module + "/internal/miniotest",
 	module + "/internal/clitest",
+	module + "/internal/testlog",
 }
 
 type pkg struct {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"iter"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 
 	"github.com/walship/walship/internal/miniotest"
+	"github.com/walship/walship/internal/testlog"
 	"github.com/walship/walship/storage"
 	"github.com/walship/walship/storage/file"
 	"github.com/walship/walship/storage/s3"
@@ -95,7 +95,7 @@ func at(t time.Time) func() time.Time { return func() time.Time { return t } }
 func acquireLease(t *testing.T, s storage.Store, opts Options) *Lease {
 	t.Helper()
 	if opts.Log == nil {
-		opts.Log = testLogger(t)
+		opts.Log = testlog.New(t)
 	}
 	l, err := Acquire(t.Context(), s, opts)
 	if err != nil {
@@ -108,7 +108,7 @@ func acquireLease(t *testing.T, s storage.Store, opts Options) *Lease {
 // wantHeld checks that acquiring fails with a HeldError and returns it.
 func wantHeld(t *testing.T, s storage.Store, opts Options) *HeldError {
 	t.Helper()
-	opts.Log = testLogger(t)
+	opts.Log = testlog.New(t)
 	l, err := Acquire(t.Context(), s, opts)
 	if err == nil {
 		_ = l.Release(context.Background())
@@ -313,7 +313,7 @@ func TestLeaseRace(t *testing.T) {
 		for i := range n {
 			wg.Go(func() {
 				<-start
-				leases[i], errs[i] = Acquire(t.Context(), s, Options{Holder: fmt.Sprintf("taker-%d", i), Now: later, Log: testLogger(t)})
+				leases[i], errs[i] = Acquire(t.Context(), s, Options{Holder: fmt.Sprintf("taker-%d", i), Now: later, Log: testlog.New(t)})
 			})
 		}
 		close(start)
@@ -370,7 +370,7 @@ func TestLeaseStaleListing(t *testing.T) {
 			}
 			return s.List(ctx, prefix)
 		}}
-		_, err := Acquire(t.Context(), fs, Options{Holder: "late", Now: later, Log: testLogger(t)})
+		_, err := Acquire(t.Context(), fs, Options{Holder: "late", Now: later, Log: testlog.New(t)})
 		var held *HeldError
 		if !errors.As(err, &held) || held.Holder != "winner" {
 			t.Errorf("Acquire after a stale listing = %v, want a HeldError naming winner", err)
@@ -391,7 +391,7 @@ func TestLeaseWait(t *testing.T) {
 
 		ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 		defer cancel()
-		_, err := Acquire(ctx, s, Options{Holder: "impatient", TTL: ttl, Wait: true, Log: testLogger(t)})
+		_, err := Acquire(ctx, s, Options{Holder: "impatient", TTL: ttl, Wait: true, Log: testlog.New(t)})
 		var held *HeldError
 		if !errors.As(err, &held) || held.Holder != "a" || !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("waiting past the deadline: %v, want a HeldError naming a and DeadlineExceeded", err)
@@ -403,7 +403,7 @@ func TestLeaseWait(t *testing.T) {
 		}
 		got := make(chan result, 1)
 		go func() {
-			l, err := Acquire(t.Context(), s, Options{Holder: "b", TTL: ttl, Wait: true, Log: testLogger(t)})
+			l, err := Acquire(t.Context(), s, Options{Holder: "b", TTL: ttl, Wait: true, Log: testlog.New(t)})
 			got <- result{l, err}
 		}()
 		select {
@@ -568,16 +568,4 @@ func TestLeaseSelfFence(t *testing.T) {
 			})
 		})
 	}
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(string(p))
-	return len(p), nil
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
