@@ -236,6 +236,15 @@ func restoreTargets(t *testing.T, bin string, version int, repoURL string, all b
 			t.Errorf("markers on the paused server %q (%v), want 1-5", got, err)
 		}
 	})
+	t.Run("dry run", func(t *testing.T) {
+		dir, out, err := restoreTo(t, "--to-xid", markers[4].xid, "--dry-run")
+		if err != nil || !strings.Contains(out, "backup    "+b2) || !strings.Contains(out, "stop      ") {
+			t.Errorf("restore --dry-run: %v, printed:\n%s", err, out)
+		}
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("restore --dry-run created %s (%v)", dir, err)
+		}
+	})
 	t.Run("start as root", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "data")
 		out, err := exec.Command(bin, "--repo", repoURL, "restore", "--target-dir", dir, "--start").CombinedOutput()
