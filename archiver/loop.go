@@ -82,9 +82,6 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 			s.queue = s.queue[1:]
 		case r := <-s.results:
 			if r.encoded {
-				if r.j.buf == nil {
-					continue
-				}
 				s.unref(r.j.buf)
 				if held != nil && s.cur == nil {
 					if err := s.accept(&xlogData{start: s.received, data: held}, &held); err != nil && !errors.Is(err, errBufferWait) {

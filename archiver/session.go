@@ -149,7 +149,7 @@ func (s *session) run(ctx context.Context) (Result, error) {
 				// Encoding first frees the segment buffer long before
 				// the upload ends.
 				e, err := s.ship.encode(j)
-				if !send(result{j: j, encoded: true}) {
+				if j.buf != nil && !send(result{j: j, encoded: true}) {
 					return
 				}
 				if err == nil {

@@ -20,7 +20,6 @@ const (
 	jobPiece   jobKind = iota + 1 // bytes [start, end) of a filling segment
 	jobSegment                    // a complete segment
 	jobPartial                    // a segment cut short by a timeline switch
-	jobHistory                    // a timeline history file
 	jobIndex                      // a segment's index of commit times and restore points
 )
 
@@ -36,7 +35,7 @@ type job struct {
 	pieceKeys []string
 }
 
-// result is a job encoded (its data may be reused) or finished.
+// result is a job encoded (its segment buffer may be reused) or finished.
 type result struct {
 	j       *job
 	encoded bool // only encoded; a finished result follows

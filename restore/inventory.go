@@ -29,6 +29,7 @@ func LoadInventory(ctx context.Context, repo *catalog.Repo, events bool) (Invent
 	if err != nil {
 		return Inventory{}, err
 	}
+	inv.Listing = bl
 	for _, b := range bl.Backups {
 		if b.SystemID == meta.SystemID {
 			inv.Backups = append(inv.Backups, b)
@@ -52,7 +53,7 @@ func LoadInventory(ctx context.Context, repo *catalog.Repo, events bool) (Invent
 		inv.Histories[e.TLI] = h
 	}
 	if events {
-		if err := loadEvents(ctx, repo, &inv); err != nil {
+		if err := LoadEvents(ctx, repo, &inv); err != nil {
 			return Inventory{}, err
 		}
 	}
@@ -62,35 +63,17 @@ func LoadInventory(ctx context.Context, repo *catalog.Repo, events bool) (Invent
 // indexReaders is how many index objects are read at once.
 const indexReaders = 16
 
-// loadEvents reads every segment index into inv.Events. When a segment
+// LoadEvents reads every segment index into inv.Events. When a segment
 // lacks one (archived before walship indexed, or by an archiver that could
 // not read the WAL), the events are incomplete and inv.Events stays nil:
 // planning then falls back to backup times, and says so.
-func loadEvents(ctx context.Context, repo *catalog.Repo, inv *Inventory) error {
-	segments := map[string]bool{}
+func LoadEvents(ctx context.Context, repo *catalog.Repo, inv *Inventory) error {
 	var indexes []catalog.WALObject
-	for oi, err := range repo.Store().List(ctx, "wal/") {
-		if err != nil {
-			return err
-		}
-		o, err := catalog.ParseWALKey(oi.Key, inv.SegmentSize)
-		if err != nil {
-			continue
-		}
-		switch o.Kind {
-		case catalog.Segment, catalog.Partial:
-			segments[catalog.IndexKey(o.Segment, inv.SegmentSize)] = true
-		case catalog.Index:
-			indexes = append(indexes, o)
-		}
-	}
-	have := map[string]bool{}
-	for _, o := range indexes {
-		have[o.Key] = true
-	}
-	for k := range segments {
-		if !have[k] {
-			inv.IndexMissing++
+	for _, e := range inv.Extents {
+		inv.IndexMissing += e.Unindexed
+		for _, no := range e.Indexes {
+			seg := wal.Segment{TLI: e.TLI, No: no}
+			indexes = append(indexes, catalog.WALObject{Kind: catalog.Index, Segment: seg, TLI: e.TLI, Key: catalog.IndexKey(seg, inv.SegmentSize)})
 		}
 	}
 	if inv.IndexMissing > 0 {

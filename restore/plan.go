@@ -57,7 +57,8 @@ type Event struct {
 // Inventory is what planning knows of a repository.
 type Inventory struct {
 	SegmentSize uint64
-	Backups     []catalog.Backup // complete backups
+	Backups     []catalog.Backup      // complete backups of this cluster
+	Listing     catalog.BackupListing // everything under backups/, as listed
 	Histories   map[wal.TimeLineID][]wal.HistoryEntry
 	Extents     []catalog.Extent
 	// Events, in WAL order per timeline, when the repository has the index;

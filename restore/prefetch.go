@@ -135,19 +135,25 @@ func (s Spool) release(name string) { _ = os.Remove(filepath.Join(s.Dir, name+".
 // verified, never the pieces of the tip, which change. It stops at the first
 // segment the repository does not hold.
 func (f *Fetcher) Prefetch(ctx context.Context, spool Spool, name string, count, concurrency int) error {
-	meta, err := f.Repo.ReadMeta(ctx)
+	segSize, seg, err := f.spoolStart(ctx, spool, name)
 	if err != nil {
 		return err
+	}
+	f.prefetch(ctx, spool, seg, segSize, count, concurrency)
+	return nil
+}
+
+// spoolStart reads the segment size, parses name and makes the spool.
+func (f *Fetcher) spoolStart(ctx context.Context, spool Spool, name string) (uint64, wal.Segment, error) {
+	meta, err := f.Repo.ReadMeta(ctx)
+	if err != nil {
+		return 0, wal.Segment{}, err
 	}
 	seg, err := spoolSegment(name, meta.SegmentSize)
 	if err != nil {
-		return err
+		return 0, wal.Segment{}, err
 	}
-	if err := spool.make(); err != nil {
-		return err
-	}
-	f.prefetch(ctx, spool, seg, meta.SegmentSize, count, concurrency)
-	return nil
+	return meta.SegmentSize, seg, spool.make()
 }
 
 func spoolSegment(name string, segSize uint64) (wal.Segment, error) {
@@ -227,15 +233,8 @@ func (f *Fetcher) prefetch(ctx context.Context, spool Spool, after wal.Segment, 
 // Keep returns at once when another keeper runs, and once nothing was
 // taken for idle.
 func (f *Fetcher) Keep(ctx context.Context, spool Spool, name string, count, concurrency int, idle time.Duration) error {
-	meta, err := f.Repo.ReadMeta(ctx)
+	segSize, pos, err := f.spoolStart(ctx, spool, name)
 	if err != nil {
-		return err
-	}
-	pos, err := spoolSegment(name, meta.SegmentSize)
-	if err != nil {
-		return err
-	}
-	if err := spool.make(); err != nil {
 		return err
 	}
 	lock, ok := spool.lockKeeper()
@@ -253,12 +252,12 @@ func (f *Fetcher) Keep(ctx context.Context, spool Spool, name string, count, con
 		}
 		if w := spool.wanted(); w != wanted {
 			wanted = w
-			if s, err := spoolSegment(w, meta.SegmentSize); err == nil {
+			if s, err := spoolSegment(w, segSize); err == nil {
 				pos, lastMove = s, time.Now()
 			}
 		}
 		// Recovery is before the oldest segment still spooled.
-		spooled := spool.segments(pos.TLI, meta.SegmentSize)
+		spooled := spool.segments(pos.TLI, segSize)
 		switch {
 		case len(spooled) > 0:
 			top = max(top, spooled[len(spooled)-1])
@@ -272,7 +271,7 @@ func (f *Fetcher) Keep(ctx context.Context, spool Spool, name string, count, con
 		ahead := spooled[:0]
 		for _, no := range spooled {
 			if no <= pos.No {
-				_ = os.Remove(filepath.Join(spool.Dir, wal.Segment{TLI: pos.TLI, No: no}.Name(meta.SegmentSize)))
+				_ = os.Remove(filepath.Join(spool.Dir, wal.Segment{TLI: pos.TLI, No: no}.Name(segSize)))
 			} else {
 				ahead = append(ahead, no)
 			}
@@ -284,7 +283,7 @@ func (f *Fetcher) Keep(ctx context.Context, spool Spool, name string, count, con
 			prev = len(ahead)
 		}
 		if len(ahead) < count {
-			f.prefetch(ctx, spool, pos, meta.SegmentSize, count, concurrency)
+			f.prefetch(ctx, spool, pos, segSize, count, concurrency)
 		}
 		select {
 		case <-ctx.Done():

@@ -63,7 +63,7 @@ func Verify(ctx context.Context, repo *catalog.Repo, concurrency int, log *slog.
 	if err != nil {
 		return r, err
 	}
-	r.checkBackups(ctx, repo, inv, sums)
+	r.checkBackups(inv, sums)
 	r.checkWAL(inv)
 	return r, nil
 }
@@ -162,7 +162,7 @@ func breaks(key string) string {
 }
 
 // checkBackups compares each backup's objects with its backup.json.
-func (r *VerifyReport) checkBackups(ctx context.Context, repo *catalog.Repo, inv Inventory, sums map[string][32]byte) {
+func (r *VerifyReport) checkBackups(inv Inventory, sums map[string][32]byte) {
 	for _, b := range inv.Backups {
 		for _, o := range b.Objects {
 			key := catalog.BackupObjectKey(b.ID, o.Name)
@@ -178,12 +178,7 @@ func (r *VerifyReport) checkBackups(ctx context.Context, repo *catalog.Repo, inv
 			}
 		}
 	}
-	bl, err := repo.ListBackups(ctx)
-	if err != nil {
-		r.Problems = append(r.Problems, Problem{What: "list backups: " + err.Error()})
-		return
-	}
-	for id, err := range bl.Invalid {
+	for id, err := range inv.Listing.Invalid {
 		r.Problems = append(r.Problems, Problem{Key: catalog.BackupMetaKey(id), What: err.Error(), Breaks: "backup " + id + " cannot be restored"})
 	}
 }

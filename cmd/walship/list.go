@@ -118,10 +118,11 @@ func collect(ctx context.Context, repo *catalog.Repo) (listing, error) {
 		return l, err
 	}
 	l.Meta = &meta
-	bl, err := repo.ListBackups(ctx)
+	inv, err := restore.LoadInventory(ctx, repo, false)
 	if err != nil {
 		return l, err
 	}
+	bl, ext := inv.Listing, inv.Extents
 	l.Backups = bl.Backups
 	for id := range bl.Orphans {
 		l.Unfinished = append(l.Unfinished, id)
@@ -132,13 +133,8 @@ func collect(ctx context.Context, repo *catalog.Repo) (listing, error) {
 		}
 		l.Invalid[id] = err.Error()
 	}
-	ext, err := repo.WALExtents(ctx, meta.SegmentSize)
-	if err != nil {
-		return l, err
-	}
 	if len(l.Backups) > 0 && len(ext) > 0 {
-		inv, err := restore.LoadInventory(ctx, repo, true)
-		if err != nil {
+		if err := restore.LoadEvents(ctx, repo, &inv); err != nil {
 			return l, err
 		}
 		latest, _ := restore.PlanRestore(inv, restore.Target{Kind: restore.Latest})

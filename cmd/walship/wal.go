@@ -122,7 +122,7 @@ func (e *env) walPrefetchCommand() *cli.Command {
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "spool", Required: true},
 			&cli.IntFlag{Name: "count", Value: 8},
-			&cli.DurationFlag{Name: "idle", Usage: "keep the spool filled until nothing is taken from it for this long (0: fetch once)"},
+			&cli.DurationFlag{Name: "idle", Value: time.Minute, Usage: "keep the spool filled until nothing is taken from it for this long"},
 		}, repoFlags()...),
 		Action: func(c *cli.Context) error {
 			repo, err := openCatalog(c)
@@ -130,14 +130,10 @@ func (e *env) walPrefetchCommand() *cli.Command {
 				return err
 			}
 			f := &restore.Fetcher{Repo: repo, Log: e.log}
-			spool := restore.Spool{Dir: c.String("spool")}
 			// In order, as many at once as there are cores: the next
 			// segment recovery wants comes first.
 			conc := min(c.Int("count"), runtime.NumCPU())
-			if idle := c.Duration("idle"); idle > 0 {
-				return f.Keep(c.Context, spool, c.Args().First(), c.Int("count"), conc, idle)
-			}
-			return f.Prefetch(c.Context, spool, c.Args().First(), c.Int("count"), conc)
+			return f.Keep(c.Context, restore.Spool{Dir: c.String("spool")}, c.Args().First(), c.Int("count"), conc, c.Duration("idle"))
 		},
 	}
 }

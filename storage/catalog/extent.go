@@ -21,9 +21,14 @@ type Extent struct {
 	TipEnd   wal.LSN        // end of the contiguous pieces after Last, 0 if none
 	Partial  bool           // the timeline ended: its last segment is kept as a partial
 	Stray    []string       // keys under wal/ that walship did not write
+	// Indexes are the segments with a commit-time index (.idx);
+	// Unindexed counts the complete and partial segments without one.
+	Indexes   []uint64
+	Unindexed int
 	// Newest is when the timeline's newest WAL object was stored.
 	Newest     time.Time
 	segmentNos []uint64
+	partialNos []uint64
 }
 
 // SegmentRange is a run of segment numbers, both ends included.
@@ -77,6 +82,9 @@ func (r *Repo) WALExtents(ctx context.Context, segSize uint64) ([]Extent, error)
 			pieces[o.TLI] = append(pieces[o.TLI], o)
 		case Partial:
 			e.Partial = true
+			e.partialNos = append(e.partialNos, o.Segment.No)
+		case Index:
+			e.Indexes = append(e.Indexes, o.Segment.No)
 		case Gap:
 			e.Accepted = append(e.Accepted, o.Segment.No)
 		}
@@ -114,7 +122,13 @@ func (r *Repo) WALExtents(ctx context.Context, segSize uint64) ([]Extent, error)
 		if off > 0 {
 			e.TipEnd = wal.Segment{TLI: e.TLI, No: tip}.Start(segSize) + wal.LSN(off)
 		}
-		e.segmentNos = nil
+		slices.Sort(e.Indexes)
+		for _, no := range slices.Concat(nos, e.partialNos) {
+			if _, ok := slices.BinarySearch(e.Indexes, no); !ok {
+				e.Unindexed++
+			}
+		}
+		e.segmentNos, e.partialNos = nil, nil
 		out = append(out, *e)
 	}
 	slices.SortFunc(out, func(a, b Extent) int { return int(a.TLI) - int(b.TLI) })
