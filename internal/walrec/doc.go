@@ -14,6 +14,13 @@
 // assembles, CRC-checks and decodes only those it reports, and it streams even
 // those, so that no record, however large, takes more memory than another.
 //
+// A record may begin in one segment and end in the next. A Reader made at a
+// segment's start skips the rest of such a record, unless it is made from the
+// Carry that the Reader of the segment before took at its end: the record's
+// bytes (at most CarryMax of them, page headers included) when it is of
+// interest, else how many bytes of it are still to come. Carry.Append gives
+// its binary form, a kind byte and uvarints; ParseCarry reads it back.
+//
 // A promotion writes XLOG_END_OF_RECOVERY; recovery that ends any other way,
 // at a recovery target among them, writes a shutdown checkpoint instead, which
 // the reader does not report: timeline history files say where timelines

@@ -103,6 +103,9 @@ type Reader struct {
 	head   [headMax]byte // a record's first bytes, holding its block headers
 	events []Event
 
+	begun bool   // bytes were written, or the Reader was made from a Carry
+	tail  []byte // the last CarryMax bytes of the segment, as they come, for Carry
+
 	// all makes the Reader check every record as it checks those it
 	// reports, and seen, if set, is called with each; for tests.
 	all  bool
@@ -111,9 +114,9 @@ type Reader struct {
 
 // record is the state of the record being read.
 type record struct {
-	active bool // a record is being read
-	cont   bool // the rest of a record that started before the Reader's start, skipped
-	start  wal.LSN
+	active bool    // a record is being read
+	cont   bool    // the rest of a record skipped: one that started before the Reader's start, or that a Carry says is of no interest
+	start  wal.LSN // for cont, 0 unless a Carry gave it
 	hdr    [recordHeader]byte
 	totLen uint32 // xl_tot_len once known; for cont, the bytes to skip
 	got    uint32 // bytes read, header included
@@ -167,6 +170,10 @@ func (r *Reader) Events() []Event {
 func (r *Reader) Write(p []byte) (int, error) {
 	if r.err != nil {
 		return 0, r.err
+	}
+	if len(p) > 0 {
+		r.begun = true
+		r.keepTail(p)
 	}
 	n := 0
 	for n < len(p) {
@@ -332,6 +339,7 @@ func (r *Reader) data(p []byte) (int, error) {
 		if rec.got == rec.totLen {
 			rec.active = false
 			r.pad = padding(r.pos)
+			r.prev = rec.start // 0 unless a Carry gave it
 		}
 		return k, nil
 	}

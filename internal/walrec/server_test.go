@@ -20,10 +20,11 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 const pgSegSize = 1 << 20 // pgtest's default
 
 // serverConf is what the servers of these tests run with: two-phase commit,
-// commit timestamps, all their WAL kept, and compressed full-page images
-// except on 15, whose images keep their holes in the clear.
+// commit timestamps, all their WAL kept, compressed full-page images except
+// on 15, whose images keep their holes in the clear, and no autovacuum, whose
+// WAL could come between pgtest.PadWAL and the record it places.
 func serverConf(version int) []string {
-	conf := []string{"max_prepared_transactions = 5", "track_commit_timestamp = on", "wal_keep_size = '256MB'"}
+	conf := []string{"max_prepared_transactions = 5", "track_commit_timestamp = on", "wal_keep_size = '256MB'", "autovacuum = off"}
 	if version != 15 {
 		conf = append(conf, "wal_compression = on")
 	}
@@ -39,12 +40,14 @@ type facts struct {
 	prepared      map[uint32]bool // committed or rolled back with COMMIT/ROLLBACK PREPARED
 	restorePoints map[string]wal.LSN
 	backupStart   wal.LSN
+	across        []uint32 // commits that run into the next segment
 }
 
 // workload writes WAL of every kind a Reader reports, and of what makes
 // reading hard: records across pages and segments, a record larger than a
 // segment, commit records with thousands of invalidations, full-page images,
-// and a segment switch in the middle.
+// a segment switch in the middle, and records of interest placed to run into
+// the next segment.
 func workload(t *testing.T, c *pgtest.Cluster) facts {
 	t.Helper()
 	ctx := context.Background()
@@ -133,6 +136,24 @@ func workload(t *testing.T, c *pgtest.Cluster) facts {
 		exec("SELECT pg_stop_backup(false)")
 	}
 	f.committed[inTx("COMMIT", "INSERT INTO t VALUES (4000, 'last')")] = true
+
+	// A commit whose header runs into the next segment, a commit and a
+	// restore point whose data do, and a commit of 30000 subtransactions
+	// that starts too far back for a Carry.
+	for _, left := range []int{16, 24} {
+		pgtest.PadWAL(t, conn, pgSegSize, left)
+		x := inTx("COMMIT")
+		f.committed[x], f.across = true, append(f.across, x)
+	}
+	pgtest.PadWAL(t, conn, pgSegSize, 56)
+	f.restorePoints["across"] = lsn("SELECT pg_create_restore_point('across')::text")
+	exec("CREATE UNLOGGED TABLE subs (i int)")
+	exec("BEGIN")
+	exec("DO $$ BEGIN FOR i IN 1..30000 LOOP BEGIN INSERT INTO subs VALUES (i); EXCEPTION WHEN others THEN RAISE; END; END LOOP; END $$")
+	x := xid()
+	pgtest.PadWAL(t, c.Conn(t), pgSegSize, 100000) // more than CarryMax
+	exec("COMMIT")
+	f.committed[x], f.across = true, append(f.across, x)
 	f.end = lsn("SELECT pg_switch_wal()::text")
 	return f
 }
@@ -199,6 +220,44 @@ func readReal(t *testing.T, start wal.LSN, data []byte, all bool, maxPiece int) 
 	return events, seen
 }
 
+// checkCarries reads data, which starts at start, a segment at a time with
+// Readers made from Carries, and wants the events of a Reader that read it
+// all, events, among them the records the workload ran into the next
+// segment.
+func checkCarries(t *testing.T, f facts, start wal.LSN, data []byte, events []Event) {
+	t.Helper()
+	seed := uint64(time.Now().UnixNano())
+	rng := rand.New(rand.NewPCG(seed, 1))
+	got, carries := readChain(t, start, pgSegSize, data, func(rest int) int { return 1 + rng.IntN(min(rest, 1<<16)) })
+	if !slices.Equal(got, events) {
+		for i := range min(len(got), len(events)) {
+			if got[i] != events[i] {
+				t.Fatalf("read a segment at a time (seed %d), event %d is %+v, read at once %+v", seed, i, got[i], events[i])
+			}
+		}
+		t.Fatalf("read a segment at a time (seed %d), %d events; read at once %d", seed, len(got), len(events))
+	}
+	kinds := map[carryKind]int{}
+	for _, c := range carries {
+		kinds[c.kind]++
+	}
+	if kinds[carryRecord] < 3 || kinds[carrySkip] == 0 || kinds[carryBoundary] == 0 || kinds[carryUnknown] == 0 {
+		t.Errorf("carries of kinds %v, want 3 records or more and some of every other kind", kinds)
+	}
+	across := map[uint32]bool{}
+	for _, x := range f.across {
+		across[x] = true
+	}
+	for _, ev := range events {
+		if across[ev.XID] && ev.Kind == Commit || ev.Kind == RestorePoint && ev.Name == "across" {
+			if uint64(ev.LSN)/pgSegSize == uint64(ev.End-1)/pgSegSize {
+				t.Errorf("%s %d %q at %s..%s does not run into the next segment; did other WAL come first?", ev.Kind, ev.XID, ev.Name, ev.LSN, ev.End)
+			}
+		}
+	}
+	t.Logf("%d segments, carries of kinds %v", len(carries), kinds)
+}
+
 // checkFacts checks the events against what the workload knows.
 func checkFacts(t *testing.T, f facts, events []Event) {
 	t.Helper()
@@ -259,6 +318,7 @@ func TestServers(t *testing.T) {
 				t.Errorf("a Reader that checks every record reports %d events, one that does not %d", len(events), len(plain))
 			}
 			checkFacts(t, f, events)
+			checkCarries(t, f, start, data, plain)
 			checkCommitTimestamps(t, c, f, events)
 			t.Logf("%d records, %d events in %d bytes of WAL from %s", len(seen), len(events), len(data), start)
 		})

@@ -25,6 +25,8 @@ func TestWaldump(t *testing.T) {
 	events, seen := readReal(t, start, data, true, 9000)
 	compareWaldump(t, waldump(t, paths), seen, events)
 	checkFacts(t, f, events)
+	plain, _ := readReal(t, start, data, false, 9000)
+	checkCarries(t, f, start, data, plain)
 	t.Logf("%d records, %d events in %d bytes of WAL from %s", len(seen), len(events), len(data), start)
 	if *update {
 		writeSeeds(t, start, data, events)
