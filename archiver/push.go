@@ -303,7 +303,7 @@ func (p *pusher) index(ctx context.Context, seg wal.Segment, segSize uint64) {
 		p.log.Warn("cannot index the segment (commit times for --to-time); it is archived all the same", pushAttrKey, key, "error", err)
 		return
 	}
-	if _, err := p.repo.Create(ctx, key, bytes.NewReader(catalog.EncodeIndex(rec.Events()))); err != nil && !errors.Is(err, storage.ErrExist) {
+	if _, err := p.repo.Create(ctx, key, bytes.NewReader(catalog.EncodeIndex(rec.Events(), rec.Carry()))); err != nil && !errors.Is(err, storage.ErrExist) {
 		p.log.Warn("store the segment's index", pushAttrKey, key, "error", err)
 	}
 }

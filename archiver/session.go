@@ -360,7 +360,7 @@ func (s *session) finishSegment(partial bool) {
 	if s.rec != nil {
 		// The records that ended in this segment: a restore reads them
 		// to find where a time, xid or name target stops.
-		s.enqueue(&job{kind: jobIndex, key: catalog.IndexKey(c.seg, s.segSize), data: catalog.EncodeIndex(s.rec.Events()), end: j.end})
+		s.enqueue(&job{kind: jobIndex, key: catalog.IndexKey(c.seg, s.segSize), data: catalog.EncodeIndex(s.rec.Events(), s.rec.Carry()), end: j.end})
 	}
 }
 
@@ -409,7 +409,7 @@ func (s *session) repairIndexes(ctx context.Context, start wal.Segment) {
 		rc.Close()
 		if err == nil {
 			var e *catalog.Encoded
-			if e, err = s.repo.Encode(key, bytes.NewReader(catalog.EncodeIndex(r.Events()))); err == nil {
+			if e, err = s.repo.Encode(key, bytes.NewReader(catalog.EncodeIndex(r.Events(), r.Carry()))); err == nil {
 				err = s.ship.store(ctx, e, true)
 				e.Release()
 			}

@@ -92,7 +92,7 @@ func LoadEvents(ctx context.Context, repo *catalog.Repo, inv *Inventory) error {
 				errs[i] = err
 				return
 			}
-			evs, err := catalog.DecodeIndex(b)
+			evs, _, err := catalog.DecodeIndex(b)
 			if err != nil {
 				errs[i] = fmt.Errorf("%s: %w", o.Key, err)
 				return

@@ -8,6 +8,7 @@
 //	wal/TTTTTTTT.history                          timeline TTTTTTTT's history file
 //	wal/TTTTTTTT/<segment>                        a complete segment
 //	wal/TTTTTTTT/<segment>.pieces/SSSSSSSS-EEEEEEEE  bytes [S, E) of a segment still filling
+//	wal/TTTTTTTT/<segment>.idx                    the segment's commit-time index (index.go)
 //	wal/TTTTTTTT/<segment>.partial                a segment cut short by a timeline switch
 //	wal/TTTTTTTT/<segment>.OOOOOOOO.backup        a backup history file (from wal-push)
 //	wal/TTTTTTTT/<segment>.gap                    WAL before <segment> was lost (an accepted gap), JSON
