@@ -79,6 +79,13 @@ func LoadEvents(ctx context.Context, repo *catalog.Repo, inv *Inventory) error {
 	if inv.IndexMissing > 0 {
 		return nil
 	}
+	// The carries into the tips, from the indexes of the segments before.
+	tipCarries := map[wal.Segment]*walrec.Carry{}
+	for _, e := range inv.Extents {
+		if e.TLI != 0 && e.TipEnd != 0 && e.Segments > 0 {
+			tipCarries[wal.Segment{TLI: e.TLI, No: e.Last}] = new(walrec.Carry)
+		}
+	}
 	results := make([][]Event, len(indexes))
 	errs := make([]error, len(indexes))
 	sem := make(chan struct{}, indexReaders)
@@ -87,17 +94,15 @@ func LoadEvents(ctx context.Context, repo *catalog.Repo, inv *Inventory) error {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			b, err := repo.ReadAll(ctx, o.Key, 1<<30)
+			evs, carry, err := repo.ReadIndex(ctx, o.Segment, inv.SegmentSize)
 			if err != nil {
 				errs[i] = err
 				return
 			}
-			evs, _, err := catalog.DecodeIndex(b)
-			if err != nil {
-				errs[i] = fmt.Errorf("%s: %w", o.Key, err)
-				return
-			}
 			results[i] = eventsOf(o.TLI, evs)
+			if c, ok := tipCarries[o.Segment]; ok {
+				*c = carry
+			}
 		})
 	}
 	wg.Wait()
@@ -113,7 +118,11 @@ func LoadEvents(ctx context.Context, repo *catalog.Repo, inv *Inventory) error {
 		if e.TLI == 0 || e.TipEnd == 0 {
 			continue
 		}
-		evs, err := tipEvents(ctx, repo, e, inv.SegmentSize)
+		var carry walrec.Carry
+		if c, ok := tipCarries[wal.Segment{TLI: e.TLI, No: e.Last}]; ok {
+			carry = *c
+		}
+		evs, err := tipEvents(ctx, repo, e, inv.SegmentSize, carry)
 		if err != nil {
 			return fmt.Errorf("read the tip of timeline %d: %w", e.TLI, err)
 		}
@@ -123,8 +132,9 @@ func LoadEvents(ctx context.Context, repo *catalog.Repo, inv *Inventory) error {
 }
 
 // tipEvents reads the records of interest in the pieces of e's tip, the
-// contiguous bytes from its segment's start.
-func tipEvents(ctx context.Context, repo *catalog.Repo, e catalog.Extent, segSize uint64) ([]Event, error) {
+// contiguous bytes from its segment's start. carry is that of the index of
+// the segment before, if known.
+func tipEvents(ctx context.Context, repo *catalog.Repo, e catalog.Extent, segSize uint64, carry walrec.Carry) ([]Event, error) {
 	seg := wal.SegmentOf(e.TLI, e.TipEnd-1, segSize)
 	var pieces []catalog.WALObject
 	for oi, err := range repo.Store().List(ctx, catalog.PiecePrefix(seg, segSize)) {
@@ -137,10 +147,13 @@ func tipEvents(ctx context.Context, repo *catalog.Repo, e catalog.Extent, segSiz
 	}
 	rec := walrec.NewReader(seg.Start(segSize), segSize)
 	if e.Segments > 0 && e.Last+1 == seg.No {
-		// The segment before, so that a record running into the tip is
-		// read whole; its own records are in its index.
-		prev := walrec.NewReader(wal.Segment{TLI: e.TLI, No: e.Last}.Start(segSize), segSize)
-		if rc, err := repo.Open(ctx, catalog.SegmentKey(wal.Segment{TLI: e.TLI, No: e.Last}, segSize)); err == nil {
+		// A record running into the tip is read whole, from the carry or
+		// else from the segment before; that segment's own records are in
+		// its index.
+		if r, err := walrec.NewReaderFrom(seg.Start(segSize), segSize, carry); err == nil {
+			rec = r
+		} else if rc, err := repo.Open(ctx, catalog.SegmentKey(wal.Segment{TLI: e.TLI, No: e.Last}, segSize)); err == nil {
+			prev := walrec.NewReader(wal.Segment{TLI: e.TLI, No: e.Last}.Start(segSize), segSize)
 			_, err := io.Copy(prev, rc)
 			rc.Close()
 			if err == nil && prev.Pos() == seg.Start(segSize) {
