@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -177,4 +179,44 @@ func TestIndexPrimedFromCarry(t *testing.T) {
 			t.Errorf("%s: xid %d committed at %v (%v), the index says %v", tc.name, xid, committed, err, ev.Time)
 		}
 	}
+}
+
+// TestIndexPushCarry: wal-push of a segment whose first record began in the
+// segment before, which is no longer in pg_wal, starts from the carry in
+// that segment's index and indexes the record.
+func TestIndexPushCarry(t *testing.T) {
+	const segSize = 1 << 20
+	ctx := t.Context()
+	c := pgtest.Start(t, pgtest.Options{Conf: []string{"autovacuum = off"}})
+	c.Exec(t, "CREATE TABLE flushed (a int)")
+	xid, before := commitAcross(t, c, c.Conn(t), 16, "")
+	c.Exec(t, "INSERT INTO flushed VALUES (1)")
+	c.Exec(t, "SELECT pg_switch_wal()")
+	seg := wal.Segment{TLI: 1, No: before.No + 1}
+	repo, _ := pushTestRepo(t)
+	for _, s := range []wal.Segment{before, seg} {
+		b, err := os.ReadFile(filepath.Join(c.DataDir(), "pg_wal", s.Name(segSize)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := Push(ctx, repo, pushTestFile(t, s.Name(segSize), b), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, carry, err := repo.ReadIndex(ctx, before, segSize); err != nil || !carry.Known() {
+		t.Fatalf("the index of %s has the carry %v, %v", before.Name(segSize), carry, err)
+	}
+	events, _, err := repo.ReadIndex(ctx, seg, segSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range events {
+		if ev.XID == xid && ev.Kind == walrec.Commit {
+			if ev.LSN >= seg.Start(segSize) || ev.End <= seg.Start(segSize) {
+				t.Errorf("the commit at %s..%s does not run into %s; did other WAL come first?", ev.LSN, ev.End, seg.Name(segSize))
+			}
+			return
+		}
+	}
+	t.Errorf("the index of %s lacks the commit of xid %d: %+v", seg.Name(segSize), xid, events)
 }

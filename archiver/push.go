@@ -286,16 +286,24 @@ func (p *pusher) index(ctx context.Context, seg wal.Segment, segSize uint64) {
 	}
 	rec := walrec.NewReader(seg.Start(segSize), segSize)
 	if seg.No > 0 {
-		// The segment before, still in pg_wal, so that a record running
-		// into this one is read whole.
+		// The segment before, still in pg_wal, or else the carry in its
+		// index, so that a record running into this one is read whole.
 		prev := wal.Segment{TLI: seg.TLI, No: seg.No - 1}
+		primed := false
 		if f, err := os.Open(filepath.Join(filepath.Dir(p.path), prev.Name(segSize))); err == nil {
 			r := walrec.NewReader(prev.Start(segSize), segSize)
 			_, err := io.Copy(r, f)
 			f.Close()
 			if err == nil && r.Pos() == seg.Start(segSize) {
 				r.Events()
-				rec = r
+				rec, primed = r, true
+			}
+		}
+		if !primed {
+			if _, carry, err := p.repo.ReadIndex(ctx, prev, segSize); err == nil {
+				if r, err := walrec.NewReaderFrom(seg.Start(segSize), segSize, carry); err == nil {
+					rec = r
+				}
 			}
 		}
 	}
