@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -18,6 +19,11 @@ import (
 
 // BackupLease names the lease held by a base backup or a prune.
 const BackupLease = "backup"
+
+// DefaultPartSize is where archives are cut into parts by default: a
+// database of a few GiB restores with every core busy, and a part's upload
+// holds little memory.
+const DefaultPartSize = 128 << 20
 
 // BackupConfig configures a base backup.
 type BackupConfig struct {
@@ -35,6 +41,10 @@ type BackupConfig struct {
 	Slot string
 	// Concurrency is the zstd goroutines per archive; default 2.
 	Concurrency int
+	// PartSize is the size at which an archive is cut into another part,
+	// at an entry boundary, so that a restore can extract the parts in
+	// parallel; default DefaultPartSize.
+	PartSize int64
 	// WALTimeout bounds the wait for a running archiver to store the
 	// segment holding the backup's end; default 5 minutes.
 	WALTimeout time.Duration
@@ -55,6 +65,9 @@ func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (catalog.
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 2
+	}
+	if cfg.PartSize <= 0 {
+		cfg.PartSize = DefaultPartSize
 	}
 	if cfg.WALTimeout <= 0 {
 		cfg.WALTimeout = 5 * time.Minute
@@ -113,7 +126,7 @@ func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (catalog.
 	log := cfg.Log.With(slog.String("backup", b.ID))
 	log.Info("base backup starting", slog.Bool("fast_checkpoint", cfg.Fast))
 
-	sink := &repoSink{repo: repo.WithConcurrency(cfg.Concurrency), id: b.ID}
+	sink := &repoSink{repo: repo.WithConcurrency(cfg.Concurrency), id: b.ID, partSize: cfg.PartSize}
 	res, err := StreamBaseBackup(ctx, conn, srv.VersionNum, BaseBackupOptions{Label: b.Label, Fast: cfg.Fast, MaxRate: cfg.MaxRate, Log: log}, sink)
 	if err != nil {
 		return catalog.Backup{}, fmt.Errorf("base backup %s: %w", b.ID, err)
@@ -185,26 +198,35 @@ func waitForWAL(ctx context.Context, repo *catalog.Repo, b catalog.Backup, cfg B
 	}
 }
 
-// repoSink stores each stream of a base backup as an object of the backup.
+// repoSink stores each stream of a base backup as objects of the backup:
+// archives in parts of about partSize bytes.
 type repoSink struct {
-	repo *catalog.Repo
-	id   string
-	mu   sync.Mutex
-	objs []catalog.BackupObject
+	repo     *catalog.Repo
+	id       string
+	partSize int64
+	mu       sync.Mutex
+	objs     []catalog.BackupObject
 }
 
 func (s *repoSink) Archive(ctx context.Context, a BackupArchive) (BackupWriter, error) {
-	return s.open(ctx, catalog.BackupObject{Name: a.Name, OID: a.OID, Location: a.Location}), nil
+	return newSplitWriter(s.partSize, func(part int) BackupWriter {
+		o := catalog.BackupObject{Name: catalog.PartName(a.Name, part), Part: part, OID: a.OID, Location: a.Location}
+		return s.open(ctx, o)
+	}), nil
 }
 
 func (s *repoSink) Manifest(ctx context.Context) (BackupWriter, error) {
 	return s.open(ctx, catalog.BackupObject{Name: "backup_manifest"}), nil
 }
 
+// objects lists the stored objects: archives by tablespace and part, then
+// the manifest.
 func (s *repoSink) objects() []catalog.BackupObject {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]catalog.BackupObject(nil), s.objs...)
+	objs := slices.Clone(s.objs)
+	slices.SortFunc(objs, catalog.CompareBackupObjects)
+	return objs
 }
 
 // open starts storing one object; its writer's CloseWithError waits for the

@@ -7,41 +7,113 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/walship/walship/storage/catalog"
 )
+
+// DefaultParallel is how many archive parts a restore extracts at once by
+// default: enough to keep downloads, decompression and file creation busy
+// on a few cores.
+const DefaultParallel = 4
 
 // ExtractBackup writes base backup b from repo into dir, which must exist and
 // be empty: base.tar into dir, each tablespace archive into tablespaces[oid]
 // (which must exist and be empty; a tablespace missing from the map goes
 // back to its original location), and the server's backup_manifest into
-// dir, so that pg_verifybackup can check the result. The tablespace_map is
-// rewritten to the tablespaces' new locations; backup_label is kept byte
-// for byte. Every object's checksum is verified to its last byte. On error,
-// what was written stays: the caller removes it.
-func ExtractBackup(ctx context.Context, repo *catalog.Repo, b catalog.Backup, dir string, tablespaces map[uint32]string) error {
+// dir, so that pg_verifybackup can check the result. Up to parallel archive
+// parts are downloaded and extracted at once (DefaultParallel if 0). The
+// tablespace_map is rewritten to the tablespaces' new locations;
+// backup_label is kept byte for byte. Every object's checksum is verified to
+// its last byte. On error, what was written stays: the caller removes it.
+func ExtractBackup(ctx context.Context, repo *catalog.Repo, b catalog.Backup, dir string, tablespaces map[uint32]string, parallel int) error {
+	if parallel <= 0 {
+		parallel = DefaultParallel
+	}
 	locations := map[uint32]string{}
-	for _, o := range b.Objects {
-		target := dir
-		switch {
-		case o.Name == "backup_manifest":
-			if err := copyObject(ctx, repo, catalog.BackupObjectKey(b.ID, o.Name), filepath.Join(dir, "backup_manifest")); err != nil {
-				return err
+	type job struct {
+		obj  catalog.BackupObject
+		tree *Tree
+	}
+	var jobs []job
+	var trees []*Tree
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	closeTrees := func() error {
+		var first error
+		for _, t := range trees {
+			if err := t.Close(ctx); first == nil {
+				first = err
 			}
-			continue
-		case o.OID != 0:
+		}
+		return first
+	}
+	for _, parts := range b.Archives() {
+		o := parts[0]
+		target := dir
+		if o.OID != 0 {
 			target = o.Location
 			if t, ok := tablespaces[o.OID]; ok {
 				target = t
 			}
 			if !filepath.IsAbs(target) {
+				closeTrees()
 				return fmt.Errorf("backup %s: tablespace %d: location %q is not absolute; map it with OLD=NEW", b.ID, o.OID, target)
 			}
 			locations[o.OID] = target
 		}
-		if err := extractObject(ctx, repo, catalog.BackupObjectKey(b.ID, o.Name), target); err != nil {
+		t, err := NewTree(target, ExtractOptions{})
+		if err != nil {
+			closeTrees()
+			return fmt.Errorf("extract backup %s into %s: %w", b.ID, target, err)
+		}
+		trees = append(trees, t)
+		for _, p := range parts {
+			jobs = append(jobs, job{p, t})
+		}
+	}
+	next := make(chan job)
+	errs := make(chan error, parallel)
+	var wg sync.WaitGroup
+	for range min(parallel, len(jobs)) {
+		wg.Go(func() {
+			for j := range next {
+				if err := extractObject(ctx, repo, catalog.BackupObjectKey(b.ID, j.obj.Name), j.tree); err != nil {
+					errs <- err
+					cancel()
+					return
+				}
+			}
+		})
+	}
+	err := func() error {
+		defer func() { close(next); wg.Wait() }()
+		for _, j := range jobs {
+			select {
+			case next <- j:
+			case err := <-errs:
+				return err
+			}
+		}
+		return nil
+	}()
+	if err == nil {
+		select {
+		case err = <-errs:
+		default:
+		}
+	}
+	if cerr := closeTrees(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if slices.ContainsFunc(b.Objects, func(o catalog.BackupObject) bool { return o.Name == catalog.ManifestName }) {
+		if err := copyObject(ctx, repo, catalog.BackupObjectKey(b.ID, catalog.ManifestName), filepath.Join(dir, catalog.ManifestName)); err != nil {
 			return err
 		}
 	}
@@ -61,16 +133,16 @@ func ExtractBackup(ctx context.Context, repo *catalog.Repo, b catalog.Backup, di
 	return nil
 }
 
-// extractObject streams one archive object into dir and reads the object to
-// its end, so that its checksum is verified.
-func extractObject(ctx context.Context, repo *catalog.Repo, key, dir string) error {
+// extractObject streams one archive object into tree and reads the object
+// to its end, so that its checksum is verified.
+func extractObject(ctx context.Context, repo *catalog.Repo, key string, tree *Tree) error {
 	rc, err := repo.Open(ctx, key)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", key, err)
 	}
 	defer rc.Close()
-	if _, err := Extract(ctx, rc, dir, ExtractOptions{}); err != nil {
-		return fmt.Errorf("extract %s into %s: %w", key, dir, err)
+	if _, err := tree.Extract(ctx, rc); err != nil {
+		return fmt.Errorf("extract %s: %w", key, err)
 	}
 	// The tar reader stops at the end-of-archive marker; the codec verifies
 	// the object only once its last byte is read.

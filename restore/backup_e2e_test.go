@@ -25,7 +25,8 @@ import (
 // pg_verifybackup on the extracted backup (PostgreSQL 14-16: Debian's tool
 // reads only their manifest version), PostgreSQL's recovery, pg_amcheck,
 // and table digests equal to the primary's. A tablespace is restored to a
-// new place on 15 and 17.
+// new place on 15 and 17. Archives are cut into parts of 1 MiB, so that
+// the parts are extracted in parallel.
 func TestBaseBackupRestores(t *testing.T) {
 	bin := clitest.Binary(t)
 	srv := minioEnv(t)
@@ -44,6 +45,7 @@ func backupRestore(t *testing.T, bin string, version int, repoURL string) {
 	if withTablespace {
 		c.Exec(t, fmt.Sprintf("CREATE TABLESPACE ts LOCATION '%s'", pgtest.MkdirOwned(t)))
 		c.Exec(t, "CREATE TABLE in_ts TABLESPACE ts AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g")
+		c.Exec(t, "CREATE INDEX ON in_ts (v) TABLESPACE ts") // a second file: the archive has two parts
 	}
 	c.Exec(t, "CREATE TABLE load (id bigserial PRIMARY KEY, v text)")
 	arch := startArchiver(t, bin, repoURL, c)
@@ -67,7 +69,7 @@ func backupRestore(t *testing.T, bin string, version int, repoURL string) {
 	})
 	stopLoad := func() { stopping.Store(true) }
 	time.Sleep(300 * time.Millisecond)
-	cmd := exec.Command(bin, "--repo", repoURL, "backup", "--fast", "--pg", c.ConnString())
+	cmd := exec.Command(bin, "--repo", repoURL, "backup", "--fast", "--part-size", "1MiB", "--pg", c.ConnString())
 	cmd.Dir = "/"
 	pgtest.RunAs(t, cmd)
 	var stderr strings.Builder
@@ -116,10 +118,16 @@ func backupRestore(t *testing.T, bin string, version int, repoURL string) {
 			tsMap[o.OID] = pgtest.MkdirOwned(t)
 		}
 	}
-	if withTablespace != (len(tsMap) == 1) {
+	archives := b.Archives()
+	if withTablespace != (len(tsMap) == 1) || len(archives) != 1+len(tsMap) {
 		t.Fatalf("backup objects %+v: want one tablespace archive: %v", b.Objects, withTablespace)
 	}
-	if err := ExtractBackup(t.Context(), repo, b, target, tsMap); err != nil {
+	for _, parts := range archives {
+		if len(parts) < 2 {
+			t.Fatalf("archive %s is one part of %d bytes; want 1 MiB parts", parts[0].Name, parts[0].Size)
+		}
+	}
+	if err := ExtractBackup(t.Context(), repo, b, target, tsMap, 0); err != nil {
 		t.Fatal(err)
 	}
 	if version <= 16 {

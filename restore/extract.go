@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // ErrBadArchive is wrapped by the errors Extract returns because of what the
@@ -113,33 +114,75 @@ type ExtractStats struct {
 // dir, possibly with a partly written file: the caller removes dir. The
 // stats count what was made up to the error.
 func Extract(ctx context.Context, r io.Reader, dir string, opts ExtractOptions) (ExtractStats, error) {
-	root, err := os.OpenRoot(dir)
+	t, err := NewTree(dir, opts)
 	if err != nil {
-		return ExtractStats{}, fmt.Errorf("open the target directory: %w (create it, empty, before extracting)", err)
-	}
-	defer root.Close()
-	if err := checkEmpty(root, dir); err != nil {
 		return ExtractStats{}, err
 	}
+	stats, err := t.Extract(ctx, r)
+	if cerr := t.Close(ctx); err == nil {
+		err = cerr
+	}
+	return stats, err
+}
+
+// Tree extracts several tar archives into one directory, as Extract does
+// one: the parts of a base backup's archive, which Extract may take
+// concurrently. Which of two entries of the same name in different
+// archives wins is undefined, and a hard link must name a file of its own
+// archive.
+type Tree struct {
+	root *os.Root
+	opts ExtractOptions
+	sync *syncer
+
+	mu sync.Mutex
+	// dirs holds every directory made or found as a real one (never a
+	// symlink) under the root, by cleaned name, with the permission bits
+	// to set at the end; "." is the root.
+	dirs   map[string]fs.FileMode
+	failed bool
+}
+
+// NewTree opens dir, which must exist and be empty, for Extract.
+func NewTree(dir string, opts ExtractOptions) (*Tree, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open the target directory: %w (create it, empty, before extracting)", err)
+	}
+	if err := checkEmpty(root, dir); err != nil {
+		root.Close()
+		return nil, err
+	}
+	return &Tree{root: root, opts: opts, sync: newSyncer(opts.NoSync), dirs: map[string]fs.FileMode{".": 0}}, nil
+}
+
+// Extract writes one tar archive into the tree, as the function Extract
+// does.
+func (t *Tree) Extract(ctx context.Context, r io.Reader) (ExtractStats, error) {
 	cr := &countingReader{r: r}
-	x := &extractor{
-		ctx:  ctx,
-		root: root,
-		opts: opts,
-		cr:   cr,
-		tr:   tar.NewReader(cr),
-		dirs: map[string]fs.FileMode{".": 0},
-		buf:  make([]byte, extractBuf),
-		sync: newSyncer(opts.NoSync),
-	}
-	err = x.entries()
-	if err == nil {
-		err = x.finishDirs()
-	}
-	if serr := x.sync.wait(); err == nil {
-		err = serr
+	x := &extractor{ctx: ctx, t: t, cr: cr, tr: tar.NewReader(cr), buf: make([]byte, extractBuf)}
+	err := x.entries()
+	if err != nil {
+		t.mu.Lock()
+		t.failed = true
+		t.mu.Unlock()
 	}
 	return x.stats, err
+}
+
+// Close sets the directories' modes and syncs them, unless an Extract
+// failed, and returns once every file is synced and closed. Call it once,
+// after every Extract has returned.
+func (t *Tree) Close(ctx context.Context) error {
+	var err error
+	if !t.failed {
+		err = t.finishDirs(ctx)
+	}
+	if serr := t.sync.wait(); err == nil {
+		err = serr
+	}
+	t.root.Close()
+	return err
 }
 
 // checkEmpty makes sure the target directory holds nothing.
@@ -181,18 +224,13 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// extractor extracts one archive into a tree.
 type extractor struct {
-	ctx  context.Context
-	root *os.Root
-	opts ExtractOptions
-	cr   *countingReader
-	tr   *tar.Reader
-	// dirs holds every directory made or found as a real one (never a
-	// symlink) under the root, by cleaned name, with the permission bits
-	// to set at the end; "." is the root.
-	dirs  map[string]fs.FileMode
+	ctx   context.Context
+	t     *Tree
+	cr    *countingReader
+	tr    *tar.Reader
 	buf   []byte
-	sync  *syncer
 	stats ExtractStats
 }
 
@@ -345,23 +383,23 @@ func cleanEntryName(raw string) (string, error) {
 
 // parents makes sure every parent directory of name is a real directory
 // under the root, never a symlink, making those that do not exist with
-// mode 0700 when create is set.
+// mode 0700 when create is set. The tree's lock must be held.
 func (x *extractor) parents(entry, name string, create bool) error {
 	for i := 0; i < len(name); i++ {
 		if name[i] != '/' {
 			continue
 		}
 		p := name[:i]
-		if _, ok := x.dirs[p]; ok {
+		if _, ok := x.t.dirs[p]; ok {
 			continue
 		}
-		fi, err := x.root.Lstat(p)
+		fi, err := x.t.root.Lstat(p)
 		switch {
 		case errors.Is(err, fs.ErrNotExist) && create:
-			if err := x.root.Mkdir(p, 0o700); err != nil {
+			if err := x.t.root.Mkdir(p, 0o700); err != nil {
 				return fmt.Errorf("extract entry %q: make directory %s: %w", entry, p, err)
 			}
-			x.dirs[p] = 0o700
+			x.t.dirs[p] = 0o700
 			x.stats.Dirs++
 		case errors.Is(err, fs.ErrNotExist):
 			return badEntry(entry, "%s does not exist", p)
@@ -372,7 +410,7 @@ func (x *extractor) parents(entry, name string, create bool) error {
 		case !fi.IsDir():
 			return badEntry(entry, "the path goes through %s, which is not a directory", p)
 		default:
-			x.dirs[p] = fi.Mode().Perm()
+			x.t.dirs[p] = fi.Mode().Perm()
 		}
 	}
 	return nil
@@ -380,7 +418,7 @@ func (x *extractor) parents(entry, name string, create bool) error {
 
 // existing explains why name cannot be made: an earlier entry made it.
 func (x *extractor) existing(entry, name string) error {
-	fi, err := x.root.Lstat(name)
+	fi, err := x.t.root.Lstat(name)
 	if err != nil {
 		return fmt.Errorf("extract entry %q: %w", entry, err)
 	}
@@ -405,16 +443,19 @@ func (x *extractor) file(hdr *tar.Header, name string, perm fs.FileMode) error {
 	if name == "." {
 		return badEntry(hdr.Name, "a regular file cannot replace the target directory")
 	}
-	if err := x.parents(hdr.Name, name, true); err != nil {
+	x.t.mu.Lock()
+	err := x.parents(hdr.Name, name, true)
+	x.t.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	const flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL
-	f, err := x.root.OpenFile(name, flags, 0o600)
+	f, err := x.t.root.OpenFile(name, flags, 0o600)
 	if errors.Is(err, fs.ErrExist) {
 		if err := x.replace(hdr.Name, name); err != nil {
 			return err
 		}
-		f, err = x.root.OpenFile(name, flags, 0o600)
+		f, err = x.t.root.OpenFile(name, flags, 0o600)
 	}
 	if err != nil {
 		return fmt.Errorf("extract entry %q: %w", hdr.Name, err)
@@ -430,7 +471,7 @@ func (x *extractor) file(hdr *tar.Header, name string, perm fs.FileMode) error {
 		_ = f.Close()
 		return err
 	}
-	if err := x.sync.add(f, fmt.Sprintf("entry %q", hdr.Name)); err != nil {
+	if err := x.t.sync.add(f, fmt.Sprintf("entry %q", hdr.Name)); err != nil {
 		return err
 	}
 	x.stats.Files++
@@ -440,17 +481,17 @@ func (x *extractor) file(hdr *tar.Header, name string, perm fs.FileMode) error {
 // replace removes the earlier regular file name so that a later entry can
 // take its place, if the options allow it.
 func (x *extractor) replace(entry, name string) error {
-	fi, err := x.root.Lstat(name)
+	fi, err := x.t.root.Lstat(name)
 	if err != nil {
 		return fmt.Errorf("extract entry %q: %w", entry, err)
 	}
 	if !fi.Mode().IsRegular() {
 		return x.existing(entry, name)
 	}
-	if !x.opts.ReplaceFiles {
+	if !x.t.opts.ReplaceFiles {
 		return badEntry(entry, "duplicate name: an earlier entry wrote %s (set ReplaceFiles to let the later one win)", name)
 	}
-	if err := x.root.Remove(name); err != nil {
+	if err := x.t.root.Remove(name); err != nil {
 		return fmt.Errorf("extract entry %q: replace the earlier file: %w", entry, err)
 	}
 	return nil
@@ -487,20 +528,22 @@ func (x *extractor) dir(hdr *tar.Header, name string, perm fs.FileMode) error {
 	if name == "." {
 		return nil // the caller chose the target directory's mode
 	}
+	x.t.mu.Lock()
+	defer x.t.mu.Unlock()
 	if err := x.parents(hdr.Name, name, true); err != nil {
 		return err
 	}
-	if _, ok := x.dirs[name]; ok {
-		x.dirs[name] = perm
+	if _, ok := x.t.dirs[name]; ok {
+		x.t.dirs[name] = perm
 		return nil
 	}
-	if err := x.root.Mkdir(name, 0o700); err != nil {
+	if err := x.t.root.Mkdir(name, 0o700); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return x.existing(hdr.Name, name)
 		}
 		return fmt.Errorf("extract entry %q: %w", hdr.Name, err)
 	}
-	x.dirs[name] = perm
+	x.t.dirs[name] = perm
 	x.stats.Dirs++
 	return nil
 }
@@ -510,7 +553,7 @@ func (x *extractor) dir(hdr *tar.Header, name string, perm fs.FileMode) error {
 func (x *extractor) symlink(hdr *tar.Header, name string) error {
 	target := hdr.Linkname
 	switch {
-	case !x.opts.AllowSymlinks:
+	case !x.t.opts.AllowSymlinks:
 		return badEntry(hdr.Name, "a symlink to %s: symlinks are refused unless AllowSymlinks is set (walship's backups carry a tablespace_map instead)", quoted(target))
 	case target == "":
 		return badEntry(hdr.Name, "a symlink without a target")
@@ -521,10 +564,12 @@ func (x *extractor) symlink(hdr *tar.Header, name string) error {
 	case name == ".":
 		return badEntry(hdr.Name, "a symlink cannot replace the target directory")
 	}
+	x.t.mu.Lock()
+	defer x.t.mu.Unlock()
 	if err := x.parents(hdr.Name, name, true); err != nil {
 		return err
 	}
-	if err := x.root.Symlink(target, name); err != nil {
+	if err := x.t.root.Symlink(target, name); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return x.existing(hdr.Name, name)
 		}
@@ -543,10 +588,12 @@ func (x *extractor) hardLink(hdr *tar.Header, name string) error {
 	if name == "." || target == "." {
 		return badEntry(hdr.Name, "a hard link to %s: only regular files may be linked", quoted(hdr.Linkname))
 	}
+	x.t.mu.Lock()
+	defer x.t.mu.Unlock()
 	if err := x.parents(hdr.Name, target, false); err != nil {
 		return err
 	}
-	fi, err := x.root.Lstat(target)
+	fi, err := x.t.root.Lstat(target)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return badEntry(hdr.Name, "a hard link to %s, which no earlier entry made", quoted(hdr.Linkname))
@@ -558,7 +605,7 @@ func (x *extractor) hardLink(hdr *tar.Header, name string) error {
 	if err := x.parents(hdr.Name, name, true); err != nil {
 		return err
 	}
-	if err := x.root.Link(target, name); err != nil {
+	if err := x.t.root.Link(target, name); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return x.existing(hdr.Name, name)
 		}
@@ -571,33 +618,33 @@ func (x *extractor) hardLink(hdr *tar.Header, name string) error {
 // finishDirs sets every directory's mode, deepest first so that a mode
 // without write or search permission comes after everything beneath, and
 // has it synced.
-func (x *extractor) finishDirs() error {
-	names := slices.Collect(maps.Keys(x.dirs))
+func (t *Tree) finishDirs(ctx context.Context) error {
+	names := slices.Collect(maps.Keys(t.dirs))
 	slices.SortFunc(names, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
 	for _, name := range names {
-		if err := x.ctx.Err(); err != nil {
+		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("finish directory %s: %w", name, err)
 		}
-		if err := x.finishDir(name); err != nil {
+		if err := t.finishDir(name); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (x *extractor) finishDir(name string) error {
-	if name == "." && x.opts.NoSync {
+func (t *Tree) finishDir(name string) error {
+	if name == "." && t.opts.NoSync {
 		return nil
 	}
-	d, err := x.root.Open(name)
+	d, err := t.root.Open(name)
 	if err != nil {
 		return fmt.Errorf("finish directory %s: %w", name, err)
 	}
 	if name != "." {
-		if err := d.Chmod(x.dirs[name]); err != nil {
+		if err := d.Chmod(t.dirs[name]); err != nil {
 			_ = d.Close()
 			return fmt.Errorf("finish directory %s: %w", name, err)
 		}
 	}
-	return x.sync.add(d, "directory "+name)
+	return t.sync.add(d, "directory "+name)
 }

@@ -772,3 +772,54 @@ func compareWithTar(t *testing.T, tarPath, dir string) {
 	}
 	t.Logf("%s: %d entries match", filepath.Base(tarPath), n)
 }
+
+// TestTreeParts extracts the parts of one archive concurrently, as a
+// restore does: a part may name files in directories whose entries are in
+// another part, or come before them, and each directory still gets the
+// mode of its entry. Run with -race, it also checks the tree's locking.
+func TestTreeParts(t *testing.T) {
+	_, dir := extractTarget(t)
+	var parts [][]byte
+	parts = append(parts, tarBytes(t, 0, tarDir("base", 0o750), tarDir("base/1", 0o700), tarFile("PG_VERSION", "16\n", 0o600)))
+	for i := range 12 {
+		var es []tarEntry
+		for j := range 20 {
+			es = append(es, tarFile(fmt.Sprintf("base/1/%d", i*20+j), strings.Repeat(fmt.Sprint(i, j), 300), 0o600))
+			es = append(es, tarFile(fmt.Sprintf("base/%d/%d", 2+i%3, i*20+j), "x", 0o640))
+		}
+		parts = append(parts, tarBytes(t, 0, es...))
+	}
+	parts = append(parts, tarBytes(t, 0, tarDir("base/2", 0o755), tarDir("base/3", 0o750)))
+	tree, err := NewTree(dir, ExtractOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, len(parts))
+	for _, p := range parts {
+		go func() {
+			_, err := tree.Extract(t.Context(), bytes.NewReader(p))
+			errs <- err
+		}()
+	}
+	for range parts {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if err := tree.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for name, mode := range map[string]fs.FileMode{"base": 0o750, "base/1": 0o700, "base/2": 0o755, "base/3": 0o750, "base/4": 0o700} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil || fi.Mode().Perm() != mode {
+			t.Errorf("%s: %v, %v; want mode %v", name, fi.Mode(), err, mode)
+		}
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "base/1/239"))
+	if err != nil || string(got) != strings.Repeat(fmt.Sprint(11, 19), 300) {
+		t.Errorf("base/1/239: %q, %v", got[:min(len(got), 10)], err)
+	}
+	if n := len(dirNames(t, filepath.Join(dir, "base/1"))); n != 240 {
+		t.Errorf("base/1 holds %d files, want 240", n)
+	}
+}

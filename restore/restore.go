@@ -29,7 +29,10 @@ type Options struct {
 	// RestoreCommand makes the restore_command for the timeline recovery
 	// targets.
 	RestoreCommand func(tli wal.TimeLineID) string
-	Log            *slog.Logger
+	// Parallel is how many archive parts are extracted at once;
+	// DefaultParallel if 0.
+	Parallel int
+	Log      *slog.Logger
 }
 
 // Restore plans the restore of opts.Target, extracts the chosen backup into
@@ -61,7 +64,8 @@ func Restore(ctx context.Context, repo *catalog.Repo, opts Options) (Plan, error
 		return Plan{}, err
 	}
 	dirs := []string{opts.Dir}
-	for _, o := range plan.Backup.Objects {
+	for _, parts := range plan.Backup.Archives() {
+		o := parts[0]
 		if o.OID == 0 {
 			continue
 		}
@@ -99,7 +103,7 @@ func Restore(ctx context.Context, repo *catalog.Repo, opts Options) (Plan, error
 	default:
 		rec.Comment = fmt.Sprintf("backup %s, target %s", plan.Backup.ID, describeTarget(opts.Target))
 	}
-	err = ExtractBackup(ctx, repo, plan.Backup, opts.Dir, tablespaces)
+	err = ExtractBackup(ctx, repo, plan.Backup, opts.Dir, tablespaces, opts.Parallel)
 	if err == nil {
 		err = WriteRecovery(opts.Dir, rec)
 	}
@@ -140,7 +144,7 @@ func mapTablespaces(b catalog.Backup, m map[string]string) (map[uint32]string, e
 			has := "none"
 			var known []string
 			for _, o := range b.Objects {
-				if o.OID != 0 {
+				if o.OID != 0 && o.Part == 0 {
 					known = append(known, fmt.Sprintf("%d=%s", o.OID, o.Location))
 				}
 			}

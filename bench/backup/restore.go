@@ -23,7 +23,9 @@ import (
 //     settings);
 //   - pgbackrest restore (posix repository, process-max=2, zst);
 //   - zstd -dc base.tar.zst | tar -x of pg_basebackup's output, then sync:
-//     the bare unpacking of a compressed tar, for reference.
+//     the bare unpacking of a compressed tar, for reference;
+//   - walship restore from the file repository one archive part at a time,
+//     which shows what extracting the parts in parallel gains.
 //
 // Nothing is started on the restored directories: this is the time to
 // recreate the data directory; WAL replay is PostgreSQL's either way.
@@ -41,8 +43,9 @@ func restoreBench(ctx context.Context, env []string, work, walship, fileRepo, s3
 		{name: "walship restore, MinIO (s3)", args: []string{walship, "--repo", s3Repo, "restore", "--target-dir", target}, minio: true},
 		{name: "pgbackrest restore, process-max=2", args: append(slices.Clone(pgbackrest), "--pg1-path="+target, "restore")},
 		{name: "zstd -dc | tar -x of pg_basebackup, sync", args: []string{"sh", "-c", fmt.Sprintf("zstd -dcq %s/base.tar.zst | tar -xf - -C %s && sync", bbKeep, target)}},
+		{name: "walship restore --parallel 1, file", args: []string{walship, "--repo", "file://" + fileRepo, "restore", "--parallel", "1", "--target-dir", target}},
 	}
-	const walshipFile, walshipS3, rest, untar = 0, 1, 2, 3
+	const walshipFile, walshipS3, rest, untar, walshipSerial = 0, 1, 2, 3, 4
 	fmt.Printf("\nrestore of the newest backup into an empty directory\n")
 	printHeader()
 	results := make([][]result, len(tools))
@@ -71,7 +74,7 @@ func restoreBench(ctx context.Context, env []string, work, walship, fileRepo, s3
 	med := medians(tools, results)
 	fmt.Printf("\nwalship's restore time / the peer's (below 1: walship is faster)\n")
 	fmt.Printf("%-34s %18s %18s\n", "", "pgbackrest restore", "zstd | tar")
-	for _, i := range []int{walshipFile, walshipS3} {
+	for _, i := range []int{walshipFile, walshipS3, walshipSerial} {
 		fmt.Printf("%-34s %18.2f %18.2f\n", tools[i].name, med[i].wall/med[rest].wall, med[i].wall/med[untar].wall)
 	}
 	return nil

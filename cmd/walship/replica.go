@@ -16,6 +16,7 @@ func (e *env) replicaCommand() *cli.Command {
 		&cli.BoolFlag{Name: "create-slot", EnvVars: []string{"WALSHIP_CREATE_SLOT"}, Usage: "create --slot on the primary (RESERVE_WAL) through --primary-conninfo if it does not exist"},
 		&cli.StringFlag{Name: "backup", EnvVars: []string{"WALSHIP_BACKUP"}, Usage: "seed from backup `ID` instead of the newest"},
 		tablespaceMapFlag(),
+		parallelFlag(),
 	}, repoFlags()...)
 	return &cli.Command{
 		Name:  "replica",
@@ -31,6 +32,9 @@ func (e *env) replicaCommand() *cli.Command {
 			return usageError{err}
 		},
 		Action: func(c *cli.Context) error {
+			if n := c.Int("parallel"); n < 1 || n > 64 {
+				return usagef("--parallel %d: want 1 to 64", n)
+			}
 			dir, tablespaces, err := targetDirs(c)
 			if err != nil {
 				return err
@@ -56,6 +60,7 @@ func (e *env) replicaCommand() *cli.Command {
 				Dir:         dir,
 				Target:      restore.Target{Kind: restore.Immediate, Backup: c.String("backup")},
 				Tablespaces: tablespaces,
+				Parallel:    c.Int("parallel"),
 				Recovery: restore.Recovery{
 					Standby:         true,
 					PrimaryConnInfo: c.String("primary-conninfo"),

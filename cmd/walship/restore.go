@@ -28,6 +28,7 @@ func (e *env) restoreCommand() *cli.Command {
 		&cli.StringFlag{Name: "timeline", EnvVars: []string{"WALSHIP_TIMELINE"}, Usage: "recover along timeline `TLI` (decimal, or 0x hex) instead of the one with the newest WAL"},
 		&cli.StringFlag{Name: "target-action", EnvVars: []string{"WALSHIP_TARGET_ACTION"}, Value: "promote", Usage: "what the server does at the target: promote, pause or shutdown"},
 		tablespaceMapFlag(),
+		parallelFlag(),
 		&cli.BoolFlag{Name: "keep-archiving", EnvVars: []string{"WALSHIP_KEEP_ARCHIVING"}, Usage: "keep the source's archive settings (by default the restored node does not archive, so it never writes into the source's repository)"},
 		&cli.BoolFlag{Name: "dry-run", Usage: "print the plan and change nothing"},
 		&cli.BoolFlag{Name: "start", EnvVars: []string{"WALSHIP_START"}, Usage: "run PostgreSQL until recovery reaches the target and report where it ended (not as root)"},
@@ -50,6 +51,9 @@ func (e *env) restoreCommand() *cli.Command {
 			return usageError{err}
 		},
 		Action: func(c *cli.Context) error {
+			if n := c.Int("parallel"); n < 1 || n > 64 {
+				return usagef("--parallel %d: want 1 to 64", n)
+			}
 			target, err := parseTarget(c)
 			if err != nil {
 				return err
@@ -98,6 +102,7 @@ func (e *env) restoreCommand() *cli.Command {
 				Dir:         dir,
 				Target:      target,
 				Tablespaces: tablespaces,
+				Parallel:    c.Int("parallel"),
 				Recovery:    restore.Recovery{Action: action, KeepArchiving: c.Bool("keep-archiving")},
 				// The tip from pieces for the target timeline only.
 				RestoreCommand: func(tli wal.TimeLineID) string {
@@ -247,6 +252,10 @@ func restoreCommand(c *cli.Context) (func(fetchFlags ...string) string, error) {
 
 func targetDirFlag() cli.Flag {
 	return &cli.StringFlag{Name: "target-dir", EnvVars: []string{"WALSHIP_TARGET_DIR"}, Required: true, TakesFile: true, Usage: "the data `DIR` to create: empty or absent"}
+}
+
+func parallelFlag() cli.Flag {
+	return &cli.IntFlag{Name: "parallel", EnvVars: []string{"WALSHIP_PARALLEL"}, Value: restore.DefaultParallel, Usage: "archive parts to download and extract at once"}
 }
 
 func tablespaceMapFlag() cli.Flag {

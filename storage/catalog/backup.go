@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,8 +19,11 @@ import (
 // BackupsPrefix is the common prefix of every base backup's objects.
 const BackupsPrefix = "backups/"
 
-// BackupFormat is the backup.json format this walship writes and reads.
-const BackupFormat = 1
+// BackupFormat is the newest backup.json format this walship writes and
+// reads. Format 2 adds archives stored in several parts; a backup whose
+// archives are single objects is written as format 1, which older walships
+// read.
+const BackupFormat = 2
 
 // BackupObjectKey is the key of one object (an archive, the manifest) of
 // backup id.
@@ -74,7 +78,8 @@ type Backup struct {
 
 // BackupObject is one stored object of a backup.
 type BackupObject struct {
-	Name       string `json:"name"`               // base.tar, <oid>.tar, backup_manifest
+	Name       string `json:"name"`               // base.tar, <oid>.tar, backup_manifest; base.<part>.tar for later parts
+	Part       int    `json:"part,omitempty"`     // an archive's parts count from 0, each a tar archive
 	OID        uint32 `json:"oid,omitempty"`      // tablespace OID
 	Location   string `json:"location,omitempty"` // tablespace directory on the server
 	Size       int64  `json:"size"`
@@ -132,14 +137,71 @@ func ParseBackup(b []byte) (Backup, error) {
 		if o.Name == "" || strings.ContainsAny(o.Name, "/\\") || o.Name[0] == '.' || o.Name == "backup.json" {
 			return Backup{}, fmt.Errorf("backup.json: object name %q", o.Name)
 		}
+		if o.Part < 0 || o.Part > 0 && (bk.Format < 2 || o.Name == ManifestName) {
+			return Backup{}, fmt.Errorf("backup.json: object %q: part %d", o.Name, o.Part)
+		}
+	}
+	for _, parts := range bk.Archives() {
+		for i, o := range parts {
+			if o.Part != i {
+				return Backup{}, fmt.Errorf("backup.json: archive %q has no part %d", parts[0].Name, i)
+			}
+		}
 	}
 	return bk, nil
+}
+
+// ManifestName is the name of the server's backup_manifest among a backup's
+// objects.
+const ManifestName = "backup_manifest"
+
+// PartName names part n of the archive named name: name itself for the
+// first, base.1.tar for the second part of base.tar.
+func PartName(name string, n int) string {
+	if n == 0 {
+		return name
+	}
+	return fmt.Sprintf("%s.%d.tar", strings.TrimSuffix(name, ".tar"), n)
+}
+
+// CompareBackupObjects orders a backup's objects: archives by tablespace
+// and part, then the manifest.
+func CompareBackupObjects(a, b BackupObject) int {
+	am, bm := a.Name == ManifestName, b.Name == ManifestName
+	switch {
+	case am != bm:
+		if am {
+			return 1
+		}
+		return -1
+	case a.OID != b.OID:
+		return cmp.Compare(a.OID, b.OID)
+	}
+	return cmp.Compare(a.Part, b.Part)
+}
+
+// Archives groups the backup's archive objects (not the manifest) by
+// tablespace, base first, each archive's parts in order.
+func (b Backup) Archives() [][]BackupObject {
+	objs := slices.DeleteFunc(slices.Clone(b.Objects), func(o BackupObject) bool { return o.Name == ManifestName })
+	slices.SortStableFunc(objs, CompareBackupObjects)
+	var out [][]BackupObject
+	for i, o := range objs {
+		if i == 0 || o.OID != objs[i-1].OID {
+			out = append(out, nil)
+		}
+		out[len(out)-1] = append(out[len(out)-1], o)
+	}
+	return out
 }
 
 // WriteBackup stores backup.json for b, last of all its objects. It never
 // replaces an existing backup.json.
 func (r *Repo) WriteBackup(ctx context.Context, b Backup) error {
-	b.Format = BackupFormat
+	b.Format = 1
+	if slices.ContainsFunc(b.Objects, func(o BackupObject) bool { return o.Part > 0 }) {
+		b.Format = 2
+	}
 	data, err := json.MarshalIndent(b, "", "  ")
 	if err != nil {
 		return fmt.Errorf("backup.json: %w", err)

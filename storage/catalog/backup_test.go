@@ -108,3 +108,58 @@ func TestListBackups(t *testing.T) {
 		t.Errorf("invalid %v", l.Invalid)
 	}
 }
+
+// TestBackupParts checks archives in parts: written as format 2 (format 1
+// without parts, for older walships), grouped in order, and refused when a
+// part is missing or repeated.
+func TestBackupParts(t *testing.T) {
+	r := newRepo(t)
+	ctx := context.Background()
+	one := sampleBackup("20261128T101500.000Z")
+	parted := sampleBackup("20261128T101600.000Z")
+	parted.Objects = []BackupObject{
+		{Name: "backup_manifest"},
+		{Name: PartName("16384.tar", 1), OID: 16384, Location: "/ts", Part: 1},
+		{Name: PartName("base.tar", 1), Part: 1},
+		{Name: "base.tar"},
+		{Name: "16384.tar", OID: 16384, Location: "/ts"},
+		{Name: PartName("base.tar", 2), Part: 2},
+	}
+	for _, b := range []Backup{one, parted} {
+		if err := r.WriteBackup(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id, format := range map[string]string{one.ID: `"format": 1`, parted.ID: `"format": 2`} {
+		if raw, _ := r.ReadAll(ctx, BackupMetaKey(id), 1<<20); !bytes.Contains(raw, []byte(format)) {
+			t.Errorf("backup %s: want %s:\n%s", id, format, raw)
+		}
+	}
+	got, err := r.ReadBackup(ctx, parted.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, parts := range got.Archives() {
+		var ns []string
+		for _, o := range parts {
+			ns = append(ns, o.Name)
+		}
+		names = append(names, strings.Join(ns, ","))
+	}
+	if strings.Join(names, " ") != "base.tar,base.1.tar,base.2.tar 16384.tar,16384.1.tar" {
+		t.Errorf("Archives = %v", names)
+	}
+	for _, objs := range [][]BackupObject{
+		{{Name: "base.tar"}, {Name: "base.2.tar", Part: 2}},
+		{{Name: "base.tar"}, {Name: "base.1.tar", Part: 1}, {Name: "base.1b.tar", Part: 1}},
+		{{Name: "base.1.tar", Part: 1}},
+		{{Name: "base.tar"}, {Name: "backup_manifest", Part: 1}},
+	} {
+		b := parted
+		b.ID, b.Objects = "20261128T101700.000Z", objs
+		if err := r.WriteBackup(ctx, b); err == nil {
+			t.Errorf("WriteBackup with objects %+v accepted", objs)
+		}
+	}
+}
