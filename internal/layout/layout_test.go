@@ -28,6 +28,7 @@ var allowed = map[string][]string{
 	"storage":   {"internal"},
 	"internal":  {},
 	"bench":     {"archiver", "restore", "scheduler", "storage", "internal"},
+	"deploy":    {"archiver", "scheduler", "storage", "internal"},
 }
 
 // testOnly are packages that only tests may import.
@@ -101,7 +102,7 @@ func check(pkgs []pkg) []string {
 		from := layer(p.ImportPath)
 		ok, known := allowed[from]
 		if !known {
-			problems = append(problems, p.ImportPath+" is outside the layout of DESIGN.md (cmd, archiver, restore, scheduler, storage, internal, bench)")
+			problems = append(problems, p.ImportPath+" is outside the layout of DESIGN.md (cmd, archiver, restore, scheduler, storage, internal, bench, deploy)")
 			continue
 		}
 		for _, imp := range p.Imports {
