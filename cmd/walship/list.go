@@ -72,7 +72,7 @@ func (e *env) listCommand() *cli.Command {
 		Usage: "show backups, the WAL extent and its holes per timeline, and (with --pg) the slot",
 		Flags: append([]cli.Flag{
 			pgFlag(),
-			&cli.BoolFlag{Name: "json", Usage: "print JSON for machines"},
+			&cli.BoolFlag{Name: "json", EnvVars: []string{"WALSHIP_JSON"}, Usage: "print JSON for machines"},
 			&cli.StringFlag{Name: "slot", EnvVars: []string{"WALSHIP_SLOT"}, Value: "walship", Usage: "the archiver's replication `SLOT`, shown with --pg"},
 			&cli.StringFlag{Name: "backup-schedule", EnvVars: []string{"WALSHIP_BACKUP_SCHEDULE"}, Usage: "show when the next backup is due under this cron `SCHEDULE`"},
 		}, repoFlags()...),

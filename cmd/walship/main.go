@@ -110,8 +110,12 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			&cli.StringFlag{Name: "log-format", EnvVars: []string{"WALSHIP_LOG_FORMAT"}, Value: "text", Usage: "log format: text (for people) or json (for machines)"},
 			pgFlag(),
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"WALSHIP_LOG_LEVEL"}, Value: "info", Usage: "log level: debug, info, warn or error"},
+			configFlag(),
 		},
 		Before: func(c *cli.Context) (err error) {
+			if err := applySettings(c); err != nil {
+				return err
+			}
 			e.log, err = newLogger(c, stderr)
 			return err
 		},

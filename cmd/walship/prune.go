@@ -26,8 +26,8 @@ func (e *env) pruneCommand() *cli.Command {
 		Flags: append([]cli.Flag{
 			&cli.IntFlag{Name: "keep", EnvVars: []string{"WALSHIP_KEEP"}, Usage: "keep the `N` newest backups"},
 			&cli.DurationFlag{Name: "keep-within", EnvVars: []string{"WALSHIP_KEEP_WITHIN"}, Usage: "keep what recovery to any moment of the last `D` needs"},
-			&cli.BoolFlag{Name: "dry-run", Usage: "print the plan, delete nothing"},
-			&cli.BoolFlag{Name: "json", Usage: "print the plan as JSON"},
+			&cli.BoolFlag{Name: "dry-run", EnvVars: []string{"WALSHIP_PRUNE_DRY_RUN"}, Usage: "print the plan, delete nothing"},
+			&cli.BoolFlag{Name: "json", EnvVars: []string{"WALSHIP_JSON"}, Usage: "print the plan as JSON"},
 		}, repoFlags()...),
 		Action: func(c *cli.Context) error {
 			policy := scheduler.Policy{Keep: c.Int("keep"), KeepWithin: c.Duration("keep-within")}

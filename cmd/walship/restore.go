@@ -30,7 +30,7 @@ func (e *env) restoreCommand() *cli.Command {
 		tablespaceMapFlag(),
 		parallelFlag(),
 		&cli.BoolFlag{Name: "keep-archiving", EnvVars: []string{"WALSHIP_KEEP_ARCHIVING"}, Usage: "keep the source's archive settings (by default the restored node does not archive, so it never writes into the source's repository)"},
-		&cli.BoolFlag{Name: "dry-run", Usage: "print the plan and change nothing"},
+		&cli.BoolFlag{Name: "dry-run", EnvVars: []string{"WALSHIP_RESTORE_DRY_RUN"}, Usage: "print the plan and change nothing"},
 		&cli.BoolFlag{Name: "start", EnvVars: []string{"WALSHIP_START"}, Usage: "run PostgreSQL until recovery reaches the target and report where it ended (not as root)"},
 		&cli.StringFlag{Name: "pg-bin", EnvVars: []string{"WALSHIP_PG_BIN"}, TakesFile: true, Usage: "`DIR` of the PostgreSQL binaries for --start (default: PATH)"},
 		&cli.BoolFlag{Name: "keep-running", EnvVars: []string{"WALSHIP_KEEP_RUNNING"}, Usage: "with --start, leave the server running on its own configuration (default: stop it once recovered)"},

@@ -20,7 +20,7 @@ func (e *env) verifyCommand() *cli.Command {
 			"leads to. Each problem says what it breaks. Exit 0 when all is well, 1 on any problem.",
 		Flags: append([]cli.Flag{
 			&cli.IntFlag{Name: "concurrency", EnvVars: []string{"WALSHIP_VERIFY_CONCURRENCY"}, Value: 4, Usage: "objects read at once"},
-			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
+			&cli.BoolFlag{Name: "json", EnvVars: []string{"WALSHIP_JSON"}, Usage: "print the report as JSON"},
 		}, repoFlags()...),
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return usageError{err}

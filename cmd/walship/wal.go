@@ -69,8 +69,8 @@ func (e *env) walFetchCommand() *cli.Command {
 		Flags: append([]cli.Flag{
 			&cli.IntFlag{Name: "prefetch", EnvVars: []string{"WALSHIP_PREFETCH"}, Value: 8, Usage: "after a segment, download the next `N` into the spool in the background (0: none)"},
 			&cli.StringFlag{Name: "spool", EnvVars: []string{"WALSHIP_SPOOL"}, TakesFile: true, Usage: "prefetch spool `DIR` (default: walship_prefetch/ in the data directory, outside pg_wal)"},
-			&cli.UintFlag{Name: "tip-timeline", Usage: "serve the tip from pieces for timeline `TLI` only, the one recovery targets, even when a branch off it exists (what walship restore sets)"},
-			&cli.BoolFlag{Name: "no-pieces", Usage: "serve complete segments only, never the tip from its pieces (what walship replica sets for standbys, which stream the tip)"},
+			&cli.UintFlag{Name: "tip-timeline", EnvVars: []string{"WALSHIP_FETCH_TIP_TIMELINE"}, Usage: "serve the tip from pieces for timeline `TLI` only, the one recovery targets, even when a branch off it exists (what walship restore sets)"},
+			&cli.BoolFlag{Name: "no-pieces", EnvVars: []string{"WALSHIP_FETCH_NO_PIECES"}, Usage: "serve complete segments only, never the tip from its pieces (what walship replica sets for standbys, which stream the tip)"},
 		}, repoFlags()...),
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return fetchExit(usageError{err})
