@@ -374,9 +374,10 @@ func (s *session) primedReader(ctx context.Context, seg wal.Segment) *walrec.Rea
 		return walrec.NewReader(start, s.segSize)
 	}
 	prev := wal.Segment{TLI: seg.TLI, No: seg.No - 1}
-	events, carry, err := s.repo.ReadIndex(ctx, prev, s.segSize)
-	indexed := err == nil
-	if indexed {
+	// An index of format 1 has no carry; it is not rewritten with one,
+	// since objects are written once.
+	_, carry, err := s.repo.ReadIndex(ctx, prev, s.segSize)
+	if err == nil {
 		r, err := walrec.NewReaderFrom(start, s.segSize, carry)
 		if err == nil {
 			s.log.Debug("index: starting from the carry of the segment before", slog.String(keySegment, prev.Name(s.segSize)), slog.String("carry", carry.String()))
@@ -397,25 +398,7 @@ func (s *session) primedReader(ctx context.Context, seg wal.Segment) *walrec.Rea
 		return walrec.NewReader(start, s.segSize)
 	}
 	r.Events() // indexed by the run that stored it
-	if indexed && !carry.Known() {
-		s.addCarry(ctx, prev, events, r.Carry())
-	}
 	return r
-}
-
-// addCarry rewrites the index of prev, which has no carry (an index of
-// format 1), with the one reading prev gave, so that the next start need not
-// read prev again. A failure is only logged.
-func (s *session) addCarry(ctx context.Context, prev wal.Segment, events []walrec.Event, carry walrec.Carry) {
-	if !carry.Known() {
-		return // a record of interest too long to carry
-	}
-	key := catalog.IndexKey(prev, s.segSize)
-	if _, err := s.repo.Put(ctx, key, bytes.NewReader(catalog.EncodeIndex(events, carry))); err != nil {
-		s.log.Warn("could not add the carry to a segment index", slog.String(keyKey, key), slog.Any(keyError, err))
-		return
-	}
-	s.log.Info("added the carry to a segment index that had none", slog.String(keyKey, key))
 }
 
 // repairIndexes writes the indexes of the few segments before the start
