@@ -136,7 +136,7 @@ func (s *bbSink) wantAllAborted(want error) {
 }
 
 // bbConnect opens a replication connection to c, closed when the test ends.
-func bbConnect(t *testing.T, c *pgtest.Cluster) (*pgconn.PgConn, server) {
+func bbConnect(t *testing.T, c *pgtest.Cluster) (*pgconn.PgConn, Server) {
 	t.Helper()
 	ctx := context.Background()
 	conn, err := connect(ctx, c.ConnString(), "test")

@@ -18,8 +18,8 @@ import (
 	"github.com/walship/walship/internal/wal"
 )
 
-// server is what the archiver learns about the primary when it connects.
-type server struct {
+// Server is what the archiver learns about the primary when it connects.
+type Server struct {
 	SystemID    string
 	TLI         wal.TimeLineID
 	FlushLSN    wal.LSN // IDENTIFY_SYSTEM's xlogpos: flushed WAL at connect time
@@ -51,25 +51,25 @@ func connect(ctx context.Context, connString, appName string) (*pgconn.PgConn, e
 }
 
 // identify runs IDENTIFY_SYSTEM and reads the settings the archive depends on.
-func identify(ctx context.Context, conn *pgconn.PgConn) (server, error) {
+func identify(ctx context.Context, conn *pgconn.PgConn) (Server, error) {
 	id, err := pglogrepl.IdentifySystem(ctx, conn)
 	if err != nil {
-		return server{}, fmt.Errorf("IDENTIFY_SYSTEM: %w", explainServerError(err))
+		return Server{}, fmt.Errorf("IDENTIFY_SYSTEM: %w", explainServerError(err))
 	}
-	s := server{SystemID: id.SystemID, TLI: wal.TimeLineID(id.Timeline), FlushLSN: wal.LSN(id.XLogPos)}
+	s := Server{SystemID: id.SystemID, TLI: wal.TimeLineID(id.Timeline), FlushLSN: wal.LSN(id.XLogPos)}
 	size, err := show(ctx, conn, "wal_segment_size")
 	if err != nil {
-		return server{}, err
+		return Server{}, err
 	}
 	if s.SegmentSize, err = parseBytes(size); err != nil || !wal.ValidSegmentSize(s.SegmentSize) {
-		return server{}, fmt.Errorf("server reports wal_segment_size %q, which walship does not understand", size)
+		return Server{}, fmt.Errorf("server reports wal_segment_size %q, which walship does not understand", size)
 	}
 	v, err := show(ctx, conn, "server_version_num")
 	if err != nil {
-		return server{}, err
+		return Server{}, err
 	}
 	if s.VersionNum, err = strconv.Atoi(v); err != nil || s.VersionNum < 140000 {
-		return server{}, fmt.Errorf("server_version_num %q: walship supports PostgreSQL 14 and later", v)
+		return Server{}, fmt.Errorf("server_version_num %q: walship supports PostgreSQL 14 and later", v)
 	}
 	return s, nil
 }
@@ -208,4 +208,18 @@ func CreateSlot(ctx context.Context, connString, name string) (bool, error) {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	return ensureSlot(ctx, conn, name)
+}
+
+// Identify connects to the primary connString names over a replication
+// connection, as the archiver does, and reports what IDENTIFY_SYSTEM and
+// the server's settings say. Its errors say what to fix: the password,
+// pg_hba.conf's replication line, the REPLICATION attribute, wal_level and
+// max_wal_senders.
+func Identify(ctx context.Context, connString string) (Server, error) {
+	conn, err := connect(ctx, connString, "walship_check")
+	if err != nil {
+		return Server{}, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return identify(ctx, conn)
 }

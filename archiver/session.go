@@ -32,7 +32,7 @@ type session struct {
 	fromSlot bool
 
 	conn    *pgconn.PgConn
-	srv     server
+	srv     Server
 	segSize uint64
 	tli     wal.TimeLineID
 

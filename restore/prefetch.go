@@ -29,15 +29,87 @@ type Spool struct {
 }
 
 // SpoolDir is the default spool of a data directory for a repository: a
-// directory per repository, so that two repositories never share segments.
+// directory per repository, so that two repositories never share segments,
+// and per boot of the machine where Linux names it, so that a segment a
+// power failure tore is never served after it: such a spool needs no
+// fsyncs.
 func SpoolDir(dataDir, repoURL string) string {
-	return filepath.Join(dataDir, spoolRel(repoURL))
+	dir := filepath.Join(dataDir, spoolRel(repoURL))
+	if id := bootID(); id != "" {
+		dir = filepath.Join(dir, id)
+	}
+	return dir
 }
 
-// spoolRel is the default spool relative to the data directory.
+// spoolRel is the default spool relative to the data directory, without
+// the boot.
 func spoolRel(repoURL string) string {
 	h := sha256.Sum256([]byte(repoURL))
 	return filepath.Join("walship_prefetch", hex.EncodeToString(h[:6]))
+}
+
+// bootIDFile holds the kernel's random id of the current boot.
+const bootIDFile = "/proc/sys/kernel/random/boot_id"
+
+// bootID is the id of the machine's current boot, "" where it is unknown.
+var bootID = sync.OnceValue(func() string {
+	b, err := os.ReadFile(bootIDFile)
+	id := strings.TrimSpace(string(b))
+	if err != nil || !validBootID(id) {
+		return ""
+	}
+	return id
+})
+
+// validBootID tells whether id looks like the kernel's boot id, a UUID.
+func validBootID(id string) bool {
+	if len(id) != 36 {
+		return false
+	}
+	for i, r := range id {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			if r != '-' {
+				return false
+			}
+		} else if !strings.ContainsRune("0123456789abcdef", r) {
+			return false
+		}
+	}
+	return true
+}
+
+// volatile tells whether the spool belongs to this boot only: its files
+// need no fsync, since no later boot reads them.
+func (s Spool) volatile() bool {
+	id := bootID()
+	return id != "" && filepath.Base(s.Dir) == id
+}
+
+// removeOtherBoots removes the spools of earlier boots next to a spool of
+// this boot: what they hold may have been torn by a power failure.
+func (s Spool) removeOtherBoots() {
+	if !s.volatile() {
+		return
+	}
+	parent := filepath.Dir(s.Dir)
+	entries, _ := os.ReadDir(parent)
+	for _, e := range entries {
+		if e.Name() != bootID() && (validBootID(e.Name()) || spoolable(e.Name())) {
+			_ = os.RemoveAll(filepath.Join(parent, e.Name()))
+		}
+	}
+}
+
+// removeEmptyParents removes the default spool's parents, up to and with
+// walship_prefetch, as far as they are empty.
+func (s Spool) removeEmptyParents() {
+	for dir := filepath.Dir(s.Dir); ; dir = filepath.Dir(dir) {
+		base := filepath.Base(dir)
+		inTree := base == "walship_prefetch" || filepath.Base(filepath.Dir(dir)) == "walship_prefetch"
+		if !inTree || os.Remove(dir) != nil || base == "walship_prefetch" {
+			return
+		}
+	}
 }
 
 // claimTTL is how long a claim keeps others off a segment; a prefetcher
@@ -204,9 +276,9 @@ func (f *Fetcher) prefetch(ctx context.Context, spool Spool, after wal.Segment, 
 		wg.Go(func() {
 			defer func() { <-sem }()
 			defer spool.release(next)
-			// Synced: a spooled file that a power failure left torn under
-			// its name would be served.
-			o := &fetch{Fetcher: f, log: log, name: next, dest: filepath.Join(spool.Dir, next), start: time.Now(), sync: true}
+			// Synced unless the spool is this boot's: a spooled file that a
+			// power failure left torn under its name would be served.
+			o := &fetch{Fetcher: f, log: log, name: next, dest: filepath.Join(spool.Dir, next), start: time.Now(), sync: !spool.volatile()}
 			err := o.object(ctx, catalog.SegmentKey(seg, segSize), int64(segSize), int64(segSize))
 			if errors.Is(err, ErrNotFound) {
 				mu.Lock()
@@ -242,6 +314,7 @@ func (f *Fetcher) Keep(ctx context.Context, spool Spool, name string, count, con
 		return nil
 	}
 	defer lock.Close()
+	spool.removeOtherBoots()
 	wanted := spool.wanted()
 	lastMove := time.Now()
 	prev := -1
@@ -294,7 +367,7 @@ func (f *Fetcher) Keep(ctx context.Context, spool Spool, name string, count, con
 		// Recovery is over or stalled: nothing stays behind in the data
 		// directory, where a later base backup would copy it.
 		_ = os.RemoveAll(spool.Dir)
-		_ = os.Remove(filepath.Dir(spool.Dir))
+		spool.removeEmptyParents()
 	}
 	return nil
 }

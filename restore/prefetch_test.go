@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -165,5 +166,41 @@ func TestKeep(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Dir(spool.Dir)); !os.IsNotExist(err) {
 		t.Errorf("the idle keeper left its spool behind (%v)", err)
+	}
+}
+
+// TestSpoolBoots checks that a keeper of this boot's spool removes the
+// spools of other boots (and of none), which a power failure may have torn,
+// and that the spool's empty parents go with it.
+func TestSpoolBoots(t *testing.T) {
+	data := t.TempDir()
+	spool := Spool{Dir: SpoolDir(data, "file:///repo")}
+	if !spool.volatile() {
+		t.Fatalf("spool %s is not this boot's", spool.Dir)
+	}
+	parent := filepath.Dir(spool.Dir)
+	other := filepath.Join(parent, "0c6f4b1e-2d3a-4f5b-8c9d-0e1f2a3b4c5d")
+	for _, d := range []string{spool.Dir, other} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{filepath.Join(other, "000000010000000000000003"), filepath.Join(parent, "000000010000000000000004"), filepath.Join(parent, "notes"), filepath.Join(spool.Dir, "000000010000000000000005")} {
+		if err := os.WriteFile(f, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spool.removeOtherBoots()
+	if got := strings.Join(dirNames(t, parent), " "); got != bootID()+" notes" {
+		t.Errorf("after removeOtherBoots the spool's parent holds %s", got)
+	}
+	if len(dirNames(t, spool.Dir)) != 1 {
+		t.Error("removeOtherBoots touched this boot's spool")
+	}
+	os.Remove(filepath.Join(parent, "notes"))
+	os.RemoveAll(spool.Dir)
+	spool.removeEmptyParents()
+	if got := dirNames(t, data); len(got) != 0 {
+		t.Errorf("the data directory still holds %v", got)
 	}
 }

@@ -203,10 +203,11 @@ func confEscape(v string) string {
 //
 // A segment already in the default prefetch spool is taken by the shell with
 // a rename, without starting walship: the spool holds only complete,
-// verified segments, written under their names atomically.
+// verified segments, written under their names atomically. The shell reads
+// the boot's id (a builtin read, no process) to find this boot's spool.
 func RestoreCommand(walship, repoURL, identityFile string, fetchFlags ...string) string {
-	spooled := shellQuote(spoolRel(repoURL)+"/") + `"%f"`
-	cmd := "mv -f " + spooled + ` "%p" 2>/dev/null || ` + shellQuote(walship) + " --repo " + shellQuote(repoURL) + " wal-fetch"
+	spooled := shellQuote(spoolRel(repoURL)+"/") + `"$walship_boot"/"%f"`
+	cmd := "walship_boot=; read walship_boot 2>/dev/null <" + bootIDFile + "; mv -f " + spooled + ` "%p" 2>/dev/null || ` + shellQuote(walship) + " --repo " + shellQuote(repoURL) + " wal-fetch"
 	if identityFile != "" {
 		cmd += " --age-identity-file " + shellQuote(identityFile)
 	}

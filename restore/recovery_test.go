@@ -82,4 +82,27 @@ func TestRestoreCommand(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "args")); err == nil {
 		t.Error("walship ran although the segment was spooled")
 	}
+
+	// A spool of another boot (which a power failure may have torn) is
+	// not served, nor one without a boot, where Linux names boots.
+	if bootID() == "" {
+		t.Fatalf("no boot id in %s", bootIDFile)
+	}
+	if filepath.Base(spool) != bootID() {
+		t.Fatalf("SpoolDir = %s, want this boot's", spool)
+	}
+	for _, other := range []string{filepath.Join(filepath.Dir(spool), "0c6f4b1e-2d3a-4f5b-8c9d-0e1f2a3b4c5d"), filepath.Dir(spool)} {
+		if err := os.MkdirAll(other, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(other, seg), []byte("torn"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		run()
+		if _, err := os.Stat(filepath.Join(dir, "args")); err != nil {
+			t.Errorf("%s: walship did not run: the segment of another boot was taken", other)
+		}
+		os.Remove(filepath.Join(dir, "args"))
+		os.Remove(filepath.Join(other, seg))
+	}
 }
