@@ -64,6 +64,9 @@ type Config struct {
 	AcceptGap bool
 	// Log receives progress and problems; nil discards.
 	Log *slog.Logger
+	// Stats, if set, receives the run's positions, counts and states as
+	// they change, for monitoring.
+	Stats *Stats
 
 	retryBase time.Duration // first upload retry's wait; tests shorten it
 }
@@ -113,6 +116,9 @@ func (c *Config) setDefaults() error {
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
+	if c.Stats == nil {
+		c.Stats = new(Stats)
+	}
 	if c.retryBase == 0 {
 		c.retryBase = 200 * time.Millisecond
 	}
@@ -146,6 +152,8 @@ func Run(ctx context.Context, repo *catalog.Repo, cfg Config) (Result, error) {
 		return Result{}, err
 	}
 	defer release()
+	cfg.Stats.leaseHeld.Store(true)
+	defer cfg.Stats.leaseHeld.Store(false)
 
 	var total Result
 	backoff := time.Second
@@ -184,6 +192,7 @@ func Run(ctx context.Context, repo *catalog.Repo, cfg Config) (Result, error) {
 			return total, err
 		}
 		cfg.Log.Warn("replication interrupted; reconnecting", slog.Any(keyError, err), slog.Duration("in", backoff))
+		cfg.Stats.reconnects.Add(1)
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():

@@ -53,13 +53,22 @@ type BackupConfig struct {
 	LeaseTTL time.Duration
 	// Log receives progress; nil discards.
 	Log *slog.Logger
+	// Stats, if set, records that a backup runs and how it ended.
+	Stats *Stats
 }
 
 // Backup takes a base backup through BASE_BACKUP and streams it into repo:
 // every archive and the server's backup_manifest through the codec, then,
 // once the WAL up to the backup's end is in the repository, backup.json. A
 // backup that fails at any point leaves no backup.json, so it does not exist.
-func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (catalog.Backup, error) {
+func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (b catalog.Backup, err error) {
+	if cfg.Stats != nil {
+		cfg.Stats.backupRunning.Store(true)
+		start := time.Now()
+		defer func() {
+			cfg.Stats.backupDone(BackupStats{ID: b.ID, Finished: time.Now(), Duration: time.Since(start), Size: b.RawSize, StoredSize: b.StoredSize}, err)
+		}()
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
@@ -110,7 +119,7 @@ func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (catalog.
 	}
 	defer release()
 	start := time.Now()
-	b := catalog.Backup{
+	b = catalog.Backup{
 		ID:          catalog.NewBackupID(start),
 		SystemID:    srv.SystemID,
 		PGVersion:   srv.VersionNum,

@@ -130,6 +130,7 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 				timelineUp = true
 			case m.keepalive != nil:
 				s.serverEnd = max(s.serverEnd, m.keepalive.serverEnd)
+				s.noteServerEnd()
 				if m.keepalive.replyRequested {
 					// Make the received tail durable first, so that a
 					// primary shutting down never waits on walship.
@@ -144,6 +145,8 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 				}
 			case m.xlog != nil:
 				s.serverEnd = max(s.serverEnd, m.xlog.serverEnd)
+				s.noteServerEnd()
+				s.noteArrival(m.xlog)
 				if err := s.accept(m.xlog, &held); err != nil && !errors.Is(err, errBufferWait) {
 					return nil, err
 				}

@@ -55,6 +55,9 @@ type session struct {
 
 	lastStatus time.Time
 
+	// arr times the WAL received but not yet durable, for Stats.
+	arr arrivals
+
 	// rec reads the WAL as it arrives for the segments' indexes; nil once
 	// it failed (the WAL is still archived, only not indexed).
 	rec *walrec.Reader
@@ -94,6 +97,7 @@ func (s *session) run(ctx context.Context) (Result, error) {
 		case <-setupDone:
 		}
 	}()
+	defer s.idle()
 	conn, err := connect(setup, s.cfg.ConnString, s.cfg.AppName)
 	if err != nil {
 		return s.res, err
@@ -109,6 +113,7 @@ func (s *session) run(ctx context.Context) (Result, error) {
 		return s.res, err
 	}
 	s.segSize = s.srv.SegmentSize
+	s.cfg.Stats.serverFlush.Store(uint64(s.srv.FlushLSN))
 	if _, err := s.repo.Init(setup, catalog.Meta{SystemID: s.srv.SystemID, SegmentSize: s.segSize}); err != nil {
 		return s.res, fmt.Errorf("%w: %w", errFatal, err)
 	}
@@ -119,7 +124,7 @@ func (s *session) run(ctx context.Context) (Result, error) {
 	if created {
 		s.log.Info("created replication slot", slog.String(keySlot, s.cfg.Slot))
 	}
-	s.ship = &shipper{repo: s.repo, log: s.log, backoff: s.cfg.retryBase}
+	s.ship = &shipper{repo: s.repo, log: s.log, backoff: s.cfg.retryBase, stats: s.cfg.Stats}
 	sp, err := s.startPoint(setup)
 	if err != nil {
 		return s.res, err
@@ -242,6 +247,13 @@ func (s *session) stream(ctx context.Context, sp startPoint) error {
 		s.received = start
 		s.rec = s.primedReader(ctx, sp.Segment)
 		s.durable = max(s.durable, start+wal.LSN(sp.Stored))
+		s.arr = arrivals{}
+		st := s.cfg.Stats
+		st.timeline.Store(uint32(s.tli))
+		st.received.Store(uint64(s.received))
+		st.durable.Store(uint64(s.durable))
+		st.pendingSince.Store(0)
+		st.streaming.Store(true)
 		if s.cur != nil { // an empty segment left at a timeline switch
 			s.unref(s.cur.ref)
 			s.cur = nil
@@ -457,14 +469,17 @@ func (s *session) retire() bool {
 		delete(s.open, s.retireSeq)
 		s.retireSeq++
 		if j.end > s.durable {
+			s.cfg.Stats.walBytes.Add(uint64(j.end - s.durable))
 			s.durable = j.end
 			advanced = true
 		}
 		switch j.kind {
 		case jobPiece:
 			s.res.Pieces++
+			s.cfg.Stats.pieces.Add(1)
 		case jobSegment, jobPartial:
 			s.res.Segments++
+			s.cfg.Stats.segments.Add(1)
 			s.log.Debug("stored segment", slog.String(keyKey, j.key))
 			if len(j.pieceKeys) > 0 {
 				keys := j.pieceKeys
@@ -473,7 +488,40 @@ func (s *session) retire() bool {
 		}
 	}
 	s.res.Durable = s.durable
+	if advanced {
+		st := s.cfg.Stats
+		st.durable.Store(uint64(s.durable))
+		st.lastDurable.Store(time.Now().UnixNano())
+		s.arr.drop(s.durable)
+		st.pendingSince.Store(s.arr.oldest())
+	}
 	return advanced
+}
+
+// idle records in Stats that the session streams no more: nothing it
+// received is pending any longer (the next session streams it again).
+func (s *session) idle() {
+	s.cfg.Stats.streaming.Store(false)
+	s.cfg.Stats.pendingSince.Store(0)
+}
+
+// noteArrival records in Stats that x arrived from the server.
+func (s *session) noteArrival(x *xlogData) {
+	if len(x.data) == 0 {
+		return
+	}
+	now := time.Now().UnixNano()
+	s.arr.add(x.start+wal.LSN(len(x.data)), s.durable, now)
+	st := s.cfg.Stats
+	st.lastReceived.Store(now)
+	if st.pendingSince.Load() == 0 {
+		st.pendingSince.Store(s.arr.oldest())
+	}
+}
+
+// noteServerEnd records the server's flush position as it reported it.
+func (s *session) noteServerEnd() {
+	s.cfg.Stats.serverFlush.Store(uint64(max(s.serverEnd, s.srv.FlushLSN)))
 }
 
 // statusThrottle spaces the status updates sent because WAL became durable.
@@ -484,6 +532,7 @@ func (s *session) status(reply bool) error {
 		return fmt.Errorf("send status: %w", err)
 	}
 	s.lastStatus = time.Now()
+	s.cfg.Stats.acked.Store(uint64(s.durable))
 	return nil
 }
 
@@ -523,6 +572,7 @@ func (s *session) accept(x *xlogData, rest *[]byte) error {
 		s.index(data[:n])
 		c.filled += uint32(n)
 		s.received += wal.LSN(n)
+		s.cfg.Stats.received.Store(uint64(s.received))
 		data = data[n:]
 		if err := s.verifyPrefix(); err != nil {
 			return err

@@ -47,6 +47,7 @@ type shipper struct {
 	repo    *catalog.Repo
 	log     *slog.Logger
 	backoff time.Duration // first retry's wait; doubles up to 30 s
+	stats   *Stats
 }
 
 // encode encodes j in memory, after which j's data may be reused.
@@ -75,7 +76,15 @@ func (s *shipper) store(ctx context.Context, e *catalog.Encoded, keepExisting bo
 		start := time.Now()
 		err := s.storeOnce(ctx, e, keepExisting)
 		s.log.Debug("upload", slog.String(keyKey, e.Key), slog.Int64("bytes", e.StoredSize), slog.Duration("took", time.Since(start)), slog.Any(keyError, err))
-		if err == nil || errors.Is(err, errConflict) || ctx.Err() != nil {
+		if err == nil {
+			s.stats.uploadedBytes.Add(uint64(e.StoredSize))
+			return nil
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		s.stats.uploadErrors.Add(1)
+		if errors.Is(err, errConflict) {
 			return err
 		}
 		if attempt == maxAttempts {
@@ -84,6 +93,7 @@ func (s *shipper) store(ctx context.Context, e *catalog.Encoded, keepExisting bo
 			return fmt.Errorf("after %d attempts: %w", attempt, err)
 		}
 		s.log.Warn("upload failed; retrying", slog.String(keyKey, e.Key), slog.Int("attempt", attempt), slog.Duration("in", backoff), slog.Any(keyError, err))
+		s.stats.uploadRetries.Add(1)
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
