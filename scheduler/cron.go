@@ -59,17 +59,26 @@ func BackupDue(backups []catalog.Backup, s cron.Schedule, now time.Time) (bool, 
 // still running at its next time is skipped, not doubled; a failed job is
 // logged and counted and runs again at its next time.
 type Runner struct {
-	cron *cron.Cron
-	log  *slog.Logger
-	mu   sync.Mutex
-	runs map[string]*Stats
+	cron  *cron.Cron
+	log   *slog.Logger
+	mu    sync.Mutex
+	runs  map[string]*Stats
+	jobs  map[string]entry
+	names []string // in the order added
+}
+
+// entry is where a job is in the cron table.
+type entry struct {
+	id    cron.EntryID
+	sched cron.Schedule
 }
 
 // Stats counts a job's runs.
 type Stats struct {
 	Runs, Failures int
 	LastError      string
-	Next           time.Time
+	// Next is when the job runs next.
+	Next time.Time
 }
 
 // NewRunner returns a runner that logs to log (nil discards).
@@ -81,6 +90,7 @@ func NewRunner(log *slog.Logger) *Runner {
 		cron: cron.New(cron.WithLocation(time.UTC), cron.WithChain(cron.SkipIfStillRunning(cron.DiscardLogger))),
 		log:  log,
 		runs: map[string]*Stats{},
+		jobs: map[string]entry{},
 	}
 }
 
@@ -111,17 +121,37 @@ func (r *Runner) Add(ctx context.Context, name string, s cron.Schedule, job func
 		}
 		r.log.Info("scheduled job done", slog.String("job", name), slog.Duration("took", time.Since(start)), slog.Time("next", next))
 	}))
+	r.mu.Lock()
+	r.jobs[name] = entry{id: id, sched: s}
+	r.names = append(r.names, name)
+	r.mu.Unlock()
 	r.log.Info("scheduled", slog.String("job", name), slog.Time("next", s.Next(time.Now().UTC())))
 }
 
-// Stats returns a copy of name's counts.
-func (r *Runner) Stats(name string) Stats {
+// Jobs names the jobs added, in the order they were.
+func (r *Runner) Jobs() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if st, ok := r.runs[name]; ok {
-		return *st
+	return append([]string(nil), r.names...)
+}
+
+// Stats returns a copy of name's counts, with when it runs next.
+func (r *Runner) Stats(name string) Stats {
+	r.mu.Lock()
+	st, ok := r.runs[name]
+	if !ok {
+		r.mu.Unlock()
+		return Stats{}
 	}
-	return Stats{}
+	out, e := *st, r.jobs[name]
+	r.mu.Unlock()
+	// The cron table knows once it runs; before, the schedule does.
+	if next := r.cron.Entry(e.id).Next; !next.IsZero() {
+		out.Next = next
+	} else if e.sched != nil {
+		out.Next = e.sched.Next(time.Now().UTC())
+	}
+	return out
 }
 
 // Run runs the jobs until ctx is done, then waits for running ones.

@@ -73,3 +73,32 @@ func TestRunner(t *testing.T) {
 		t.Errorf("calls %d, stats %+v: want failures counted and the job retried", calls.Load(), st)
 	}
 }
+
+// TestRunnerNext: a job's next time is known before the runner starts and
+// while it runs.
+func TestRunnerNext(t *testing.T) {
+	hourly, _ := ParseSchedule("@every 1h")
+	r := NewRunner(nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	r.Add(ctx, "backup", hourly, func(context.Context) error { return nil })
+	if got := r.Jobs(); len(got) != 1 || got[0] != "backup" {
+		t.Errorf("Jobs() = %q", got)
+	}
+	check := func(when string) {
+		t.Helper()
+		next := r.Stats("backup").Next
+		if d := time.Until(next); d < 59*time.Minute || d > time.Hour {
+			t.Errorf("%s: next run %s, want in an hour", when, next)
+		}
+	}
+	check("before Run")
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	time.Sleep(50 * time.Millisecond)
+	check("while running")
+	cancel()
+	<-done
+	if st := r.Stats("none"); !st.Next.IsZero() {
+		t.Errorf("unknown job: %+v", st)
+	}
+}
