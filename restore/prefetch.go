@@ -236,10 +236,15 @@ func spoolSegment(name string, segSize uint64) (wal.Segment, error) {
 	return file.Segment, nil
 }
 
-// make creates the spool and its parent, but never above: if the data
-// directory is gone, so is the need.
+// make creates the spool and its parent (and the parent's parent for this
+// boot's spool), but never above: if the data directory is gone, so is the
+// need.
 func (s Spool) make() error {
-	for _, d := range []string{filepath.Dir(s.Dir), s.Dir} {
+	dirs := []string{filepath.Dir(s.Dir), s.Dir}
+	if s.volatile() {
+		dirs = append([]string{filepath.Dir(dirs[0])}, dirs...)
+	}
+	for _, d := range dirs {
 		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return err
 		}

@@ -102,8 +102,20 @@ func TestPrefetch(t *testing.T) {
 
 // TestKeep: the keeper stays count segments ahead of a recovery that takes
 // segments from the spool by renaming them, follows a wanted segment, and
-// is the only one.
+// is the only one; in a spool of its own and in this boot's default spool,
+// which it makes.
 func TestKeep(t *testing.T) {
+	t.Run("spool", func(t *testing.T) {
+		data := t.TempDir()
+		testKeep(t, data, Spool{Dir: filepath.Join(data, "walship_prefetch", "x")})
+	})
+	t.Run("default spool", func(t *testing.T) {
+		data := t.TempDir()
+		testKeep(t, data, Spool{Dir: SpoolDir(data, "file:///repo")})
+	})
+}
+
+func testKeep(t *testing.T, data string, spool Spool) {
 	ctx := t.Context()
 	repo, _ := newRepo(t, catalog.Options{})
 	var names []string
@@ -114,7 +126,6 @@ func TestKeep(t *testing.T) {
 		put(t, repo, catalog.SegmentKey(s, segSize), data)
 		names = append(names, s.Name(segSize))
 	}
-	spool := Spool{Dir: filepath.Join(t.TempDir(), "walship_prefetch", "x")}
 	f := fetcher(repo)
 	done := make(chan error, 1)
 	go func() { done <- f.Keep(ctx, spool, names[0], 4, 2, 2*time.Second) }()
@@ -164,8 +175,8 @@ func TestKeep(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the keeper did not end when nothing was taken")
 	}
-	if _, err := os.Stat(filepath.Dir(spool.Dir)); !os.IsNotExist(err) {
-		t.Errorf("the idle keeper left its spool behind (%v)", err)
+	if got := dirNames(t, data); len(got) != 0 {
+		t.Errorf("the idle keeper left %v behind", got)
 	}
 }
 
