@@ -86,19 +86,24 @@ grep -m 3 '^rmgr:' "$work/dump"
 
 echo
 echo "== point-in-time restore: 1000 rows, a moment noted, 1000 more, then walship restore --to-time that moment --start"
+summary="SELECT count(*) || ' rows, ids ' || min(id) || '..' || max(id) || ', md5 ' || md5(string_agg(id::text, ',' ORDER BY id)) FROM pitr"
 psql -c "CREATE TABLE pitr AS SELECT g AS id FROM generate_series(1, 1000) g"
+want=$(psql -c "$summary")
 sleep 0.1
 moment=$(psql -c "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
 sleep 0.1
 psql -c "INSERT INTO pitr SELECT generate_series(1001, 2000)"
+echo "at $moment the primary held: $want"
+echo "the primary holds now:       $(psql -c "$summary")"
 run_pg "$bin" --repo "$repo" archive --pg "$pg" --until-caught-up
 run_pg "$bin" --repo "$repo" restore --target-dir "$work/restored" --to-time "$moment" --start --pg-bin "$pgbin"
 run_pg mkdir "$work/rsock"
 run_pg "$pgbin/pg_ctl" -D "$work/restored" -l "$work/restored.log" -w -o "-c unix_socket_directories=$work/rsock -c listen_addresses=''" start >/dev/null
-rows=$("$pgbin/psql" -d "host=$work/rsock port=5432 user=postgres dbname=postgres" -Atqc "SELECT count(*) FROM pitr")
+got=$("$pgbin/psql" -d "host=$work/rsock port=5432 user=postgres dbname=postgres" -Atqc "$summary")
 run_pg "$pgbin/pg_ctl" -D "$work/restored" -m fast stop >/dev/null
-echo "the restored cluster has $rows rows in pitr (the primary has $(psql -c "SELECT count(*) FROM pitr"))"
-[[ $rows == 1000 ]] || { echo "restore to $moment should hold 1000 rows"; exit 1; }
+echo "the restored cluster holds:  $got"
+[[ $got == "$want" ]] || { echo "the restore to $moment does not hold exactly what the primary held then"; exit 1; }
+echo "exactly the data of $moment came back"
 
 echo
 echo "== walship list: the recoverable window, from the commit times the archiver indexed"
