@@ -254,6 +254,9 @@ func run(ctx context.Context, scale int, walship string, rounds, segments int) e
 	if err := restoreBench(ctx, env, work, walship, fileRepo, s3Repo, pgbackrest, conn, rounds); err != nil {
 		return err
 	}
+	if err := coldStartBench(ctx, env, work, walship, fileRepo, s3Repo, conn); err != nil {
+		return err
+	}
 	if segments > 0 {
 		return walFetchBench(ctx, env, work, data, walship, fileRepo, pgbackrest, conn, segments)
 	}
