@@ -45,7 +45,7 @@ func coldStartBench(ctx context.Context, env []string, work, walship, fileRepo, 
 		}
 		fmt.Printf("%-52s %7.1f ms\n", r.name, ms(d))
 	}
-	seg := lastSegment(filepath.Join(fileRepo, "wal"))
+	seg := middleSegment(filepath.Join(fileRepo, "wal"))
 	if seg == "" {
 		return fmt.Errorf("no complete segment in %s", fileRepo)
 	}
@@ -113,14 +113,19 @@ func untilLogLine(ctx context.Context, env []string, marker string, args ...stri
 	return took, nil
 }
 
-// lastSegment names the newest complete segment stored under dir.
-func lastSegment(dir string) string {
-	var last string
+// middleSegment names the middle one of the complete segments stored under
+// dir: a full one, unlike the last, which a switch may have cut short.
+func middleSegment(dir string) string {
+	var names []string
 	_ = filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
 		if n := d.Name(); err == nil && !d.IsDir() && len(n) == 24 && strings.Trim(n, "0123456789ABCDEF") == "" && !strings.Contains(path, ".pieces") {
-			last = max(last, n)
+			names = append(names, n)
 		}
 		return nil
 	})
-	return last
+	if len(names) == 0 {
+		return ""
+	}
+	slices.Sort(names)
+	return names[len(names)/2]
 }
