@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"net"
 	"runtime/debug"
 
 	"github.com/urfave/cli/v2"
@@ -54,7 +55,9 @@ func (e *env) archiveCommand() *cli.Command {
 		&cli.IntFlag{Name: "keep", EnvVars: []string{"WALSHIP_KEEP"}, Usage: "with --prune-schedule: keep the `N` newest backups"},
 		&cli.DurationFlag{Name: "keep-within", EnvVars: []string{"WALSHIP_KEEP_WITHIN"}, Usage: "with --prune-schedule: keep what recovery to any moment of the last `D` needs"},
 		&cli.DurationFlag{Name: "stop-timeout", EnvVars: []string{"WALSHIP_STOP_TIMEOUT"}, Value: archiver.DefaultStopTimeout, Usage: "how long a stop may take to store and acknowledge what was received"},
-	}, repoFlags()...)
+		&cli.StringFlag{Name: "metrics-addr", EnvVars: []string{"WALSHIP_METRICS_ADDR"}, Usage: "serve Prometheus metrics (/metrics), /healthz and /readyz at `HOST:PORT`"},
+	}, heartbeatFlags()...)
+	flags = append(flags, repoFlags()...)
 	return &cli.Command{
 		Name:  "archive",
 		Usage: "stream WAL from a physical replication slot into the repository",
@@ -79,6 +82,16 @@ func (e *env) archiveCommand() *cli.Command {
 			if c.Int("uploaders") < 1 || c.Int("uploaders") > 64 {
 				return usagef("--uploaders %d: want 1 to 64", c.Int("uploaders"))
 			}
+			metricsAddr := c.String("metrics-addr")
+			if metricsAddr != "" {
+				if _, _, err := net.SplitHostPort(metricsAddr); err != nil {
+					return usagef("--metrics-addr %q: want HOST:PORT, such as :9187 or 127.0.0.1:9187", metricsAddr)
+				}
+			}
+			hb, err := newHeartbeat(c.String("heartbeat-url"), c.Duration("heartbeat-interval"), e.log)
+			if err != nil {
+				return err
+			}
 			// The Go runtime collects harder as it nears the limit, rather
 			// than letting the heap grow to twice what is live.
 			debug.SetMemoryLimit(mem)
@@ -86,15 +99,29 @@ func (e *env) archiveCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			runner, err := e.schedules(c, repo)
+			stats := new(archiver.Stats)
+			runner, err := e.schedules(c, repo, stats)
 			if err != nil {
 				return err
+			}
+			if metricsAddr != "" {
+				m, err := startMetrics(metricsAddr, stats, runner, pgConnString(c), c.String("slot"), e.log)
+				if err != nil {
+					return err
+				}
+				defer m.stop()
 			}
 			ctx := c.Context
 			if d := c.Duration("max-duration"); d > 0 {
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithTimeout(ctx, d)
 				defer cancel()
+			}
+			if hb != nil {
+				watching, stopWatching := context.WithCancel(ctx)
+				done := make(chan struct{})
+				go func() { hb.watch(watching, stats); close(done) }()
+				defer func() { stopWatching(); <-done }()
 			}
 			if runner != nil {
 				// Scheduled jobs stop with the archiver; a running backup
@@ -119,10 +146,14 @@ func (e *env) archiveCommand() *cli.Command {
 				WaitForLease:   c.Bool("wait"),
 				AcceptGap:      c.Bool("accept-gap"),
 				Log:            e.log,
+				Stats:          stats,
 			})
 			e.log.Info("archive run ended",
 				slog.String("durable", res.Durable.String()), slog.Any("timeline", res.Timeline),
 				slog.Int("segments", res.Segments), slog.Int("pieces", res.Pieces))
+			if err == nil && hb != nil {
+				hb.final(ctx, stats, c.Bool("until-caught-up"))
+			}
 			return err
 		},
 	}
@@ -130,7 +161,7 @@ func (e *env) archiveCommand() *cli.Command {
 
 // schedules sets up the backups and pruning that run inside the archiver;
 // nil when none is asked for.
-func (e *env) schedules(c *cli.Context, repo *catalog.Repo) (*scheduler.Runner, error) {
+func (e *env) schedules(c *cli.Context, repo *catalog.Repo, stats *archiver.Stats) (*scheduler.Runner, error) {
 	bs, ps := c.String("backup-schedule"), c.String("prune-schedule")
 	if bs == "" && ps == "" {
 		return nil, nil
@@ -141,7 +172,7 @@ func (e *env) schedules(c *cli.Context, repo *catalog.Repo) (*scheduler.Runner, 
 		if err != nil {
 			return nil, usagef("--backup-schedule: %v", err)
 		}
-		cfg := archiver.BackupConfig{ConnString: pgConnString(c), Slot: c.String("slot"), Fast: c.Bool("backup-fast"), Log: e.log}
+		cfg := archiver.BackupConfig{ConnString: pgConnString(c), Slot: c.String("slot"), Fast: c.Bool("backup-fast"), Log: e.log, Stats: stats}
 		r.Add(c.Context, "backup", sched, func(ctx context.Context) error {
 			_, err := archiver.Backup(ctx, repo, cfg)
 			return err

@@ -34,6 +34,7 @@ func (e *env) backupCommand() *cli.Command {
 			&cli.BoolFlag{Name: "if-due", EnvVars: []string{"WALSHIP_IF_DUE"}, Usage: "take the backup only if --schedule says one is due, judging from the repository alone (for cron jobs and cloud schedulers)"},
 			&cli.StringFlag{Name: "schedule", EnvVars: []string{"WALSHIP_BACKUP_SCHEDULE"}, Usage: "cron `SCHEDULE` for --if-due (e.g. \"0 3 * * *\" or @daily; UTC)"},
 			&cli.DurationFlag{Name: "wal-timeout", EnvVars: []string{"WALSHIP_WAL_TIMEOUT"}, Value: 5 * time.Minute, Usage: "how long to wait for a running archiver to store the backup's last WAL segment"},
+			&cli.StringFlag{Name: "heartbeat-url", EnvVars: []string{"WALSHIP_HEARTBEAT_URL"}, Usage: "dead-man switch: GET this `URL` once the backup is stored; a failure is logged, never fatal"},
 		}, repoFlags()...),
 		Action: func(c *cli.Context) error {
 			if err := archiver.ValidSlotName(c.String("slot")); err != nil {
@@ -49,6 +50,10 @@ func (e *env) backupCommand() *cli.Command {
 			partSize, err := location.ParseSize(c.String("part-size"))
 			if err != nil || partSize < 1<<20 {
 				return usagef("--part-size %q: want a size of at least 1MiB, such as 128MiB", c.String("part-size"))
+			}
+			hb, err := newHeartbeat(c.String("heartbeat-url"), time.Minute, e.log)
+			if err != nil {
+				return err
 			}
 			// Without a limit the heap may grow to twice what is live.
 			debug.SetMemoryLimit(mem)
@@ -91,6 +96,9 @@ func (e *env) backupCommand() *cli.Command {
 			}
 			e.log.Info("backup stored", slog.String("id", b.ID), slog.Int64("raw_bytes", b.RawSize), slog.Int64("stored_bytes", b.StoredSize))
 			fmt.Fprintln(e.stdout, b.ID)
+			if hb != nil {
+				hb.ping(c.Context, "backup")
+			}
 			return nil
 		},
 	}
