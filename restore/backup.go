@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/walship/walship/internal/progress"
 	"github.com/walship/walship/storage/catalog"
 )
 
@@ -20,18 +21,31 @@ import (
 // on a few cores.
 const DefaultParallel = 4
 
+// ExtractBackupOptions tunes ExtractBackup.
+type ExtractBackupOptions struct {
+	// Parallel is how many archive parts are downloaded and extracted at
+	// once; DefaultParallel if 0.
+	Parallel int
+	// Progress, if not nil, counts the archives' bytes as they are
+	// extracted; its total is set to the backup's size.
+	Progress *progress.Meter
+}
+
 // ExtractBackup writes base backup b from repo into dir, which must exist and
 // be empty: base.tar into dir, each tablespace archive into tablespaces[oid]
 // (which must exist and be empty; a tablespace missing from the map goes
 // back to its original location), and the server's backup_manifest into
-// dir, so that pg_verifybackup can check the result. Up to parallel archive
-// parts are downloaded and extracted at once (DefaultParallel if 0). The
+// dir, so that pg_verifybackup can check the result. The
 // tablespace_map is rewritten to the tablespaces' new locations;
 // backup_label is kept byte for byte. Every object's checksum is verified to
 // its last byte. On error, what was written stays: the caller removes it.
-func ExtractBackup(ctx context.Context, repo *catalog.Repo, b catalog.Backup, dir string, tablespaces map[uint32]string, parallel int) error {
+func ExtractBackup(ctx context.Context, repo *catalog.Repo, b catalog.Backup, dir string, tablespaces map[uint32]string, opts ExtractBackupOptions) error {
+	parallel := opts.Parallel
 	if parallel <= 0 {
 		parallel = DefaultParallel
+	}
+	if opts.Progress != nil {
+		opts.Progress.SetTotal(b.RawSize)
 	}
 	locations := map[uint32]string{}
 	type job struct {
@@ -81,7 +95,7 @@ func ExtractBackup(ctx context.Context, repo *catalog.Repo, b catalog.Backup, di
 	for range min(parallel, len(jobs)) {
 		wg.Go(func() {
 			for j := range next {
-				if err := extractObject(ctx, repo, catalog.BackupObjectKey(b.ID, j.obj.Name), j.tree); err != nil {
+				if err := extractObject(ctx, repo, catalog.BackupObjectKey(b.ID, j.obj.Name), j.tree, opts.Progress); err != nil {
 					errs <- err
 					cancel()
 					return
@@ -135,18 +149,22 @@ func ExtractBackup(ctx context.Context, repo *catalog.Repo, b catalog.Backup, di
 
 // extractObject streams one archive object into tree and reads the object
 // to its end, so that its checksum is verified.
-func extractObject(ctx context.Context, repo *catalog.Repo, key string, tree *Tree) error {
+func extractObject(ctx context.Context, repo *catalog.Repo, key string, tree *Tree, meter *progress.Meter) error {
 	rc, err := repo.Open(ctx, key)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", key, err)
 	}
 	defer rc.Close()
-	if _, err := tree.Extract(ctx, rc); err != nil {
+	var r io.Reader = rc
+	if meter != nil {
+		r = meter.Reader(rc)
+	}
+	if _, err := tree.Extract(ctx, r); err != nil {
 		return fmt.Errorf("extract %s: %w", key, err)
 	}
 	// The tar reader stops at the end-of-archive marker; the codec verifies
 	// the object only once its last byte is read.
-	if _, err := io.Copy(io.Discard, rc); err != nil {
+	if _, err := io.Copy(io.Discard, r); err != nil {
 		return fmt.Errorf("extract %s: %w", key, err)
 	}
 	return nil

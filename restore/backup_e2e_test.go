@@ -127,7 +127,7 @@ func backupRestore(t *testing.T, bin string, version int, repoURL string) {
 			t.Fatalf("archive %s is one part of %d bytes; want 1 MiB parts", parts[0].Name, parts[0].Size)
 		}
 	}
-	if err := ExtractBackup(t.Context(), repo, b, target, tsMap, 0); err != nil {
+	if err := ExtractBackup(t.Context(), repo, b, target, tsMap, ExtractBackupOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if version <= 16 {

@@ -113,7 +113,7 @@ func TestPruneThenRecover(t *testing.T) {
 
 	// Recovery to the oldest kept point: backup ids[1], to its end.
 	target := pgtest.MkdirOwned(t)
-	if err := ExtractBackup(t.Context(), repo, oldest, target, nil, 0); err != nil {
+	if err := ExtractBackup(t.Context(), repo, oldest, target, nil, ExtractBackupOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(target, "recovery.signal"), nil, 0o600); err != nil {

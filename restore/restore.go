@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/walship/walship/internal/progress"
 	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/storage/catalog"
 )
@@ -32,6 +33,9 @@ type Options struct {
 	// Parallel is how many archive parts are extracted at once;
 	// DefaultParallel if 0.
 	Parallel int
+	// Progress, if not nil, counts the backup's bytes as they are
+	// extracted.
+	Progress *progress.Meter
 	Log      *slog.Logger
 }
 
@@ -103,7 +107,7 @@ func Restore(ctx context.Context, repo *catalog.Repo, opts Options) (Plan, error
 	default:
 		rec.Comment = fmt.Sprintf("backup %s, target %s", plan.Backup.ID, describeTarget(opts.Target))
 	}
-	err = ExtractBackup(ctx, repo, plan.Backup, opts.Dir, tablespaces, opts.Parallel)
+	err = ExtractBackup(ctx, repo, plan.Backup, opts.Dir, tablespaces, ExtractBackupOptions{Parallel: opts.Parallel, Progress: opts.Progress})
 	if err == nil {
 		err = WriteRecovery(opts.Dir, rec)
 	}

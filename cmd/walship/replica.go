@@ -4,6 +4,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/archiver"
+	"github.com/walship/walship/internal/progress"
 	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/restore"
 )
@@ -56,11 +57,13 @@ func (e *env) replicaCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			meter := progress.Start("replica", 0, e.stderr, e.log)
 			plan, err := restore.Restore(c.Context, repo, restore.Options{
 				Dir:         dir,
 				Target:      restore.Target{Kind: restore.Immediate, Backup: c.String("backup")},
 				Tablespaces: tablespaces,
 				Parallel:    c.Int("parallel"),
+				Progress:    meter,
 				Recovery: restore.Recovery{
 					Standby:         true,
 					PrimaryConnInfo: c.String("primary-conninfo"),
@@ -72,6 +75,7 @@ func (e *env) replicaCommand() *cli.Command {
 				RestoreCommand: func(wal.TimeLineID) string { return fetchCmd("--no-pieces") },
 				Log:            e.log,
 			})
+			meter.Stop()
 			if err != nil {
 				return err
 			}

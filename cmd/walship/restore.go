@@ -11,6 +11,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/walship/walship/internal/progress"
 	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/restore"
 )
@@ -98,11 +99,13 @@ func (e *env) restoreCommand() *cli.Command {
 				printPlan(c.App.Writer, plan, dir)
 				return nil
 			}
+			meter := progress.Start("restore", 0, e.stderr, e.log)
 			plan, err := restore.Restore(c.Context, repo, restore.Options{
 				Dir:         dir,
 				Target:      target,
 				Tablespaces: tablespaces,
 				Parallel:    c.Int("parallel"),
+				Progress:    meter,
 				Recovery:    restore.Recovery{Action: action, KeepArchiving: c.Bool("keep-archiving")},
 				// The tip from pieces for the target timeline only.
 				RestoreCommand: func(tli wal.TimeLineID) string {
@@ -110,6 +113,7 @@ func (e *env) restoreCommand() *cli.Command {
 				},
 				Log: e.log,
 			})
+			meter.Stop()
 			if err != nil {
 				return err
 			}
