@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -130,7 +131,10 @@ type container struct {
 			Sleep *struct{ Seconds int }
 		} `yaml:"preStop"`
 	}
-	Resources struct {
+	Ports          []containerPort
+	ReadinessProbe *probe `yaml:"readinessProbe"`
+	LivenessProbe  *probe `yaml:"livenessProbe"`
+	Resources      struct {
 		Requests map[string]string
 		Limits   map[string]string
 	}
@@ -140,6 +144,20 @@ type container struct {
 		Capabilities             struct{ Drop []string }
 	} `yaml:"securityContext"`
 	VolumeMounts []volumeMount `yaml:"volumeMounts"`
+}
+
+type containerPort struct {
+	Name          string
+	ContainerPort int `yaml:"containerPort"`
+}
+
+type probe struct {
+	HTTPGet *struct {
+		Path string
+		Port any // a number or a port's name
+	} `yaml:"httpGet"`
+	PeriodSeconds    int `yaml:"periodSeconds"`
+	FailureThreshold int `yaml:"failureThreshold"`
 }
 
 type volumeMount struct {
@@ -278,6 +296,9 @@ func TestKubernetes(t *testing.T) {
 				continue
 			}
 			inv, ok := checkPod(t, where, pod.Spec, byKind)
+			if ok {
+				checkMonitoring(t, where, pod, inv)
+			}
 			if ok && inv.command == "archive" {
 				archivers++
 				checkArchiverDeployment(t, where, o, inv)
@@ -500,8 +521,64 @@ func checkArchiverDeployment(t *testing.T, where string, o k8sObject, inv invoca
 	} else {
 		t.Errorf("%s: no preStop hook", where)
 	}
+	if inv.values["metrics-addr"] == "" {
+		t.Errorf("%s: the archiver serves no --metrics-addr (metrics, probes)", where)
+	}
 	stop := walshipCLI(t).duration(t, inv, "stop-timeout")
 	if p.TerminationGracePeriodSeconds == nil || time.Duration(*p.TerminationGracePeriodSeconds)*time.Second <= time.Duration(pre)*time.Second+stop {
 		t.Errorf("%s: terminationGracePeriodSeconds must exceed preStop (%ds) plus --stop-timeout (%s)", where, pre, stop)
+	}
+}
+
+// checkMonitoring checks that probes, ports and the scrape annotations of a
+// pod match walship's --metrics-addr: the port it listens on, on every
+// interface, and the paths it serves.
+func checkMonitoring(t *testing.T, where string, pod *podTemplate, inv invocation) {
+	t.Helper()
+	c := pod.Spec.Containers[0]
+	ann := pod.Metadata.Annotations
+	addr := inv.values["metrics-addr"]
+	if addr == "" {
+		if c.ReadinessProbe != nil || c.LivenessProbe != nil || len(c.Ports) > 0 || ann["prometheus.io/scrape"] != "" {
+			t.Errorf("%s: probes, ports or scrape annotations without --metrics-addr", where)
+		}
+		return
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || (host != "" && host != "0.0.0.0" && host != "::") {
+		t.Errorf("%s: --metrics-addr %q: want :PORT, so that the kubelet and Prometheus reach it (%v)", where, addr, err)
+		return
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || !slices.ContainsFunc(c.Ports, func(p containerPort) bool { return p.ContainerPort == n }) {
+		t.Errorf("%s: the container declares no port %s for --metrics-addr", where, port)
+	}
+	probePort := func(v any) int {
+		switch v := v.(type) {
+		case int:
+			return v
+		case string:
+			for _, p := range c.Ports {
+				if p.Name == v {
+					return p.ContainerPort
+				}
+			}
+		}
+		return -1
+	}
+	for _, pr := range []struct {
+		name, path string
+		p          *probe
+	}{{"readinessProbe", "/readyz", c.ReadinessProbe}, {"livenessProbe", "/healthz", c.LivenessProbe}} {
+		if pr.p == nil || pr.p.HTTPGet == nil {
+			t.Errorf("%s: no %s (GET %s)", where, pr.name, pr.path)
+			continue
+		}
+		if pr.p.HTTPGet.Path != pr.path || probePort(pr.p.HTTPGet.Port) != n {
+			t.Errorf("%s: %s GETs %s on port %v; walship serves %s on %d", where, pr.name, pr.p.HTTPGet.Path, pr.p.HTTPGet.Port, pr.path, n)
+		}
+	}
+	if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/port"] != port || ann["prometheus.io/path"] != "/metrics" {
+		t.Errorf("%s: scrape annotations %v; want prometheus.io/scrape \"true\", port %s, path /metrics", where, ann, port)
 	}
 }
