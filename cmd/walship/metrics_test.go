@@ -172,17 +172,18 @@ func heartbeatServer(t *testing.T) (*httptest.Server, *atomic.Int32) {
 	return srv, &hits
 }
 
-// TestMetrics runs the archiver with --metrics-addr and --heartbeat-url
-// while rows are written, stops and starts the primary under it, and lets a
-// second archiver wait for its lease: the metrics follow, /readyz says 200
-// only while streaming with the lease, and the heartbeat is pinged without
-// its token ever being logged.
+// TestMetrics runs the archiver with --metrics-addr, --heartbeat-url and a
+// backup schedule while rows are written, stops and starts the primary under
+// it, and lets a second archiver wait for its lease: the metrics follow,
+// /readyz says 200 only while streaming with the lease, and the heartbeat is
+// pinged without its token ever being logged.
 func TestMetrics(t *testing.T) {
 	c := pgtest.Start(t, pgtest.Options{})
 	repo := "file://" + filepath.Join(t.TempDir(), "repo")
 	hb, hits := heartbeatServer(t)
 	a := start(t, "--repo", repo, "--log-level", "debug", "archive", "--pg", c.ConnString(), "--sync-interval", "50ms",
-		"--metrics-addr", "127.0.0.1:0", "--heartbeat-url", hb.URL+"/ping/"+token, "--heartbeat-interval", "200ms")
+		"--metrics-addr", "127.0.0.1:0", "--heartbeat-url", hb.URL+"/ping/"+token, "--heartbeat-interval", "200ms",
+		"--backup-schedule", "@every 5s", "--backup-fast")
 	base := a.metricsURL(t)
 	if code, body := get(t, base+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz: %d %s", code, body)
@@ -227,7 +228,7 @@ func TestMetrics(t *testing.T) {
 	for name, want := range map[string]float64{
 		"walship_streaming": 1, "walship_lease_held": 1, "walship_timeline": 1, "walship_slot_query_error": 0, "walship_slot_active": 1,
 		`walship_slot_wal_status{status="reserved"}`: 1, `walship_slot_wal_status{status="lost"}`: 0, "walship_upload_errors_total": 0,
-		`walship_build_info{version="dev"}`: 1, "walship_backups_total": 0,
+		`walship_build_info{version="dev"}`: 1,
 	} {
 		if got, ok := m[name]; !ok || got != want {
 			t.Errorf("%s = %v (present %v), want %v", name, got, ok, want)
@@ -245,6 +246,29 @@ func TestMetrics(t *testing.T) {
 		t.Error("no Go runtime metrics")
 	}
 	eventually(t, "heartbeats", func() bool { return hits.Load() >= 3 })
+
+	// A scheduled backup: counted, described, and the next one announced.
+	eventually(t, "a scheduled backup", func() bool {
+		m = scrape(t, base)
+		return m["walship_backups_total"] >= 1
+	})
+	now := float64(time.Now().Unix())
+	for name, ok := range map[string]bool{
+		"walship_backup_last_success_timestamp_seconds":              m["walship_backup_last_success_timestamp_seconds"] > now-60,
+		"walship_backup_last_duration_seconds":                       m["walship_backup_last_duration_seconds"] > 0,
+		"walship_backup_last_size_bytes":                             m["walship_backup_last_size_bytes"] > 1<<20,
+		"walship_backup_last_stored_bytes":                           m["walship_backup_last_stored_bytes"] > 0,
+		`walship_scheduled_next_run_timestamp_seconds{job="backup"}`: m[`walship_scheduled_next_run_timestamp_seconds{job="backup"}`] > now-1,
+		`walship_scheduled_runs_total{job="backup"}`:                 m[`walship_scheduled_runs_total{job="backup"}`] >= 1,
+	} {
+		if !ok {
+			t.Errorf("after a scheduled backup: %s = %v", name, m[name])
+		}
+	}
+	if _, ok := m[`walship_scheduled_failures_total{job="backup"}`]; !ok {
+		t.Error(`no walship_scheduled_failures_total{job="backup"}`)
+	}
+	eventually(t, "a heartbeat after the backup", func() bool { return strings.Contains(a.stderr.String(), `after=backup`) })
 
 	// The primary stops: not ready while the archiver reconnects; ready
 	// again once it streams.
