@@ -58,6 +58,11 @@ type Config struct {
 	// WaitForLease waits for another archiver's lease to end instead of
 	// failing with a *lease.HeldError.
 	WaitForLease bool
+	// StartBefore, when set, is a position the WAL must be archived from
+	// when the repository holds none of the timeline yet: a base backup's
+	// start, which PostgreSQL 14 cannot learn from the slot (it lacks
+	// READ_REPLICATION_SLOT) and would otherwise start past.
+	StartBefore wal.LSN
 	// AcceptGap lets a run whose next WAL the primary has already removed
 	// go on from where the primary's WAL begins now, leaving a gap in the
 	// repository (logged as an error) instead of stopping.

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/walship/walship/internal/progress"
 	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/storage"
 	"github.com/walship/walship/storage/catalog"
@@ -51,6 +52,12 @@ type BackupConfig struct {
 	// LeaseTTL is how long the backup lease outlives a killed backup;
 	// default lease.DefaultTTL.
 	LeaseTTL time.Duration
+	// Progress, if not nil, counts the bytes streamed.
+	Progress *progress.Meter
+	// EstimateSize gives Progress the backup's size as the server
+	// estimates it, which costs the server a scan of its data directory
+	// first (pg_basebackup -P's price).
+	EstimateSize bool
 	// Log receives progress; nil discards.
 	Log *slog.Logger
 	// Stats, if set, records that a backup runs and how it ended.
@@ -135,8 +142,12 @@ func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (b catalo
 	log := cfg.Log.With(slog.String("backup", b.ID))
 	log.Info("base backup starting", slog.Bool("fast_checkpoint", cfg.Fast))
 
-	sink := &repoSink{repo: repo.WithConcurrency(cfg.Concurrency), id: b.ID, partSize: cfg.PartSize}
-	res, err := StreamBaseBackup(ctx, conn, srv.VersionNum, BaseBackupOptions{Label: b.Label, Fast: cfg.Fast, MaxRate: cfg.MaxRate, Log: log}, sink)
+	sink := &repoSink{repo: repo.WithConcurrency(cfg.Concurrency), id: b.ID, partSize: cfg.PartSize, meter: cfg.Progress}
+	bbOpts := BaseBackupOptions{Label: b.Label, Fast: cfg.Fast, MaxRate: cfg.MaxRate, Log: log}
+	if cfg.Progress != nil && cfg.EstimateSize {
+		bbOpts.Estimate = cfg.Progress.SetTotal
+	}
+	res, err := StreamBaseBackup(ctx, conn, srv.VersionNum, bbOpts, sink)
 	if err != nil {
 		return catalog.Backup{}, fmt.Errorf("base backup %s: %w", b.ID, err)
 	}
@@ -179,7 +190,7 @@ func waitForWAL(ctx context.Context, repo *catalog.Repo, b catalog.Backup, cfg B
 		}
 		return err == nil, err
 	}
-	_, err := Run(ctx, repo, Config{ConnString: cfg.ConnString, Slot: cfg.Slot, UntilCaughtUp: true, Log: log})
+	_, err := Run(ctx, repo, Config{ConnString: cfg.ConnString, Slot: cfg.Slot, UntilCaughtUp: true, StartBefore: b.StartLSN, Log: log})
 	var held *lease.HeldError
 	switch {
 	case errors.As(err, &held):
@@ -213,6 +224,7 @@ type repoSink struct {
 	repo     *catalog.Repo
 	id       string
 	partSize int64
+	meter    *progress.Meter // nil: none
 	mu       sync.Mutex
 	objs     []catalog.BackupObject
 }
@@ -242,7 +254,7 @@ func (s *repoSink) objects() []catalog.BackupObject {
 // store and reports its error.
 func (s *repoSink) open(ctx context.Context, o catalog.BackupObject) BackupWriter {
 	pr, pw := io.Pipe()
-	w := &objectWriter{pw: pw, done: make(chan error, 1)}
+	w := &objectWriter{pw: pw, done: make(chan error, 1), meter: s.meter}
 	go func() {
 		obj, err := s.repo.Create(ctx, catalog.BackupObjectKey(s.id, o.Name), pr)
 		_ = pr.CloseWithError(err)
@@ -260,11 +272,18 @@ func (s *repoSink) open(ctx context.Context, o catalog.BackupObject) BackupWrite
 // objectWriter feeds a pipe to a store; Write returns once the bytes are
 // consumed, so callers may reuse them.
 type objectWriter struct {
-	pw   *io.PipeWriter
-	done chan error
+	pw    *io.PipeWriter
+	done  chan error
+	meter *progress.Meter
 }
 
-func (w *objectWriter) Write(p []byte) (int, error) { return w.pw.Write(p) }
+func (w *objectWriter) Write(p []byte) (int, error) {
+	n, err := w.pw.Write(p)
+	if w.meter != nil {
+		w.meter.Add(int64(n))
+	}
+	return n, err
+}
 
 func (w *objectWriter) CloseWithError(err error) error {
 	_ = w.pw.CloseWithError(err)

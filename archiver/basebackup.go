@@ -77,6 +77,10 @@ type BaseBackupOptions struct {
 	// Log receives the server's notices (per-file checksum warnings, say)
 	// at warn level; nil discards them.
 	Log *slog.Logger
+	// Estimate, if set, asks the server for PROGRESS (a scan of the data
+	// directory before the backup, as pg_basebackup -P makes) and gets the
+	// backup's estimated size in bytes, before its data.
+	Estimate func(bytes int64)
 }
 
 // BaseBackupResult is what the server reports about a base backup.
@@ -151,7 +155,7 @@ func StreamBaseBackup(ctx context.Context, conn *pgconn.PgConn, versionNum int, 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &backupStream{ctx: ctx, sink: sink, log: log, copyStream: versionNum >= 150000, listed: map[uint32]bool{}}
+	s := &backupStream{ctx: ctx, sink: sink, log: log, copyStream: versionNum >= 150000, listed: map[uint32]bool{}, estimate: opts.Estimate}
 
 	fe := conn.Frontend()
 	fe.SetMaxBodyLen(maxBackupMessage)
@@ -201,6 +205,9 @@ func baseBackupSQL(versionNum int, o BaseBackupOptions) (string, error) {
 			opts = append(opts, "FAST")
 		}
 		opts = append(opts, "NOWAIT")
+		if o.Estimate != nil {
+			opts = append(opts, "PROGRESS")
+		}
 		if o.MaxRate != 0 {
 			opts = append(opts, "MAX_RATE "+strconv.Itoa(o.MaxRate))
 		}
@@ -212,6 +219,9 @@ func baseBackupSQL(versionNum int, o BaseBackupOptions) (string, error) {
 		opts = append(opts, "CHECKPOINT 'fast'")
 	}
 	opts = append(opts, "WAIT false")
+	if o.Estimate != nil {
+		opts = append(opts, "PROGRESS")
+	}
 	if o.MaxRate != 0 {
 		opts = append(opts, "MAX_RATE "+strconv.Itoa(o.MaxRate))
 	}
@@ -234,6 +244,7 @@ const (
 type backupTablespace struct {
 	oid      uint32
 	location string
+	size     int64 // estimated kB with PROGRESS, else -1
 }
 
 // backupStream reads the server's answer to BASE_BACKUP:
@@ -259,6 +270,8 @@ type backupStream struct {
 
 	res         BaseBackupResult
 	tablespaces []backupTablespace
+	estimate    func(int64) // of the tablespaces listed so far, in bytes
+	estimated   int64
 	listed      map[uint32]bool // tablespace OIDs in the list
 
 	set               backupSet // being read
@@ -401,6 +414,10 @@ func (s *backupStream) dataRow(m *pgproto3.DataRow) error {
 		}
 		s.listed[ts.oid] = true
 		s.tablespaces = append(s.tablespaces, ts)
+		if s.estimate != nil && ts.size >= 0 {
+			s.estimated += ts.size << 10
+			s.estimate(s.estimated)
+		}
 		return nil
 	}
 	return errors.New("server sent a row outside a result set")
@@ -423,17 +440,25 @@ func parseBackupPosition(v [][]byte) (wal.LSN, wal.TimeLineID, error) {
 }
 
 // parseBackupTablespace parses a (spcoid oid, spclocation text, size int8) row;
-// the main data directory's has a NULL OID. The size is not used: it is
-// only an estimate, and NULL without PROGRESS.
+// the main data directory's has a NULL OID. The size, an estimate in kB, is
+// NULL without PROGRESS.
 func parseBackupTablespace(v [][]byte) (backupTablespace, error) {
 	if len(v) != 3 {
 		return backupTablespace{}, fmt.Errorf("server sent a tablespace row of %d columns, want 3", len(v))
+	}
+	size := int64(-1)
+	if v[2] != nil {
+		n, err := strconv.ParseInt(string(v[2]), 10, 64)
+		if err != nil || n < 0 {
+			return backupTablespace{}, fmt.Errorf("server sent tablespace size %.20q", v[2])
+		}
+		size = n
 	}
 	if v[0] == nil {
 		if len(v[1]) != 0 {
 			return backupTablespace{}, errors.New("server sent a location for the main data directory")
 		}
-		return backupTablespace{}, nil
+		return backupTablespace{size: size}, nil
 	}
 	oid, err := parseBackupOID(v[0])
 	if err != nil {
@@ -442,7 +467,7 @@ func parseBackupTablespace(v [][]byte) (backupTablespace, error) {
 	if len(v[1]) == 0 || len(v[1]) >= maxBackupPath {
 		return backupTablespace{}, fmt.Errorf("server sent a location of %d bytes for tablespace %d", len(v[1]), oid)
 	}
-	return backupTablespace{oid: oid, location: string(v[1])}, nil
+	return backupTablespace{oid: oid, location: string(v[1]), size: size}, nil
 }
 
 // parseBackupOID parses a non-zero OID in canonical decimal.

@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/archiver"
+	"github.com/walship/walship/internal/progress"
 	"github.com/walship/walship/scheduler"
 	"github.com/walship/walship/storage/lease"
 	"github.com/walship/walship/storage/location"
@@ -79,18 +80,24 @@ func (e *env) backupCommand() *cli.Command {
 					return nil
 				}
 			}
+			// Progress on a terminal against the server's estimate (as
+			// pg_basebackup -P), otherwise a log line now and then.
+			meter := progress.Start("backup", 0, e.stderr, e.log)
 			b, err := archiver.Backup(c.Context, repo, archiver.BackupConfig{
-				ConnString:  pgConnString(c),
-				Label:       c.String("label"),
-				Fast:        c.Bool("fast"),
-				MaxRate:     c.Int("max-rate"),
-				Slot:        c.String("slot"),
-				Concurrency: c.Int("concurrency"),
-				PartSize:    partSize,
-				WALTimeout:  c.Duration("wal-timeout"),
-				LeaseTTL:    c.Duration("lease-ttl"),
-				Log:         e.log,
+				ConnString:   pgConnString(c),
+				Label:        c.String("label"),
+				Fast:         c.Bool("fast"),
+				MaxRate:      c.Int("max-rate"),
+				Slot:         c.String("slot"),
+				Concurrency:  c.Int("concurrency"),
+				PartSize:     partSize,
+				WALTimeout:   c.Duration("wal-timeout"),
+				LeaseTTL:     c.Duration("lease-ttl"),
+				Progress:     meter,
+				EstimateSize: progress.IsTerminal(e.stderr),
+				Log:          e.log,
 			})
+			meter.Stop()
 			if err != nil {
 				return err
 			}
