@@ -211,6 +211,22 @@ type leaseTop struct {
 }
 
 func listLease(ctx context.Context, s storage.Store, prefix string, log *slog.Logger) (leaseTop, error) {
+	top, err := listLeaseOnce(ctx, s, prefix, log)
+	if err != nil || len(top.all) > 0 {
+		return top, err
+	}
+	// An S3-compatible server may miss an object replaced during the
+	// listing (MinIO on one drive does); an empty prefix is rare, so it is
+	// listed again before it is believed.
+	select {
+	case <-ctx.Done():
+		return leaseTop{}, ctx.Err()
+	case <-time.After(20 * time.Millisecond):
+	}
+	return listLeaseOnce(ctx, s, prefix, log)
+}
+
+func listLeaseOnce(ctx context.Context, s storage.Store, prefix string, log *slog.Logger) (leaseTop, error) {
 	var top leaseTop
 	for info, err := range s.List(ctx, prefix) {
 		if err != nil {
