@@ -190,7 +190,11 @@ func waitForWAL(ctx context.Context, repo *catalog.Repo, b catalog.Backup, cfg B
 		}
 		return err == nil, err
 	}
-	_, err := Run(ctx, repo, Config{ConnString: cfg.ConnString, Slot: cfg.Slot, UntilCaughtUp: true, StartBefore: b.StartLSN, Log: log})
+	run := Config{ConnString: cfg.ConnString, Slot: cfg.Slot, UntilCaughtUp: true, Log: log}
+	if b.StartTLI == b.EndTLI {
+		run.StartBefore = b.StartLSN // on the timeline the archiver starts on
+	}
+	_, err := Run(ctx, repo, run)
 	var held *lease.HeldError
 	switch {
 	case errors.As(err, &held):

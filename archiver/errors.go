@@ -82,3 +82,13 @@ func redactErr(err error) error {
 	}
 	return errors.New(msg)
 }
+
+// Redact returns err with any password a connection string put in its
+// message masked, for errors of connections walship makes outside the
+// archiver.
+func Redact(err error) error {
+	if err == nil {
+		return nil
+	}
+	return redactErr(err)
+}

@@ -207,7 +207,7 @@ func (s *session) startPoint(ctx context.Context) (startPoint, error) {
 			tli = slot.RestartTLI
 		}
 	}
-	if b := s.cfg.StartBefore; b != 0 && b < lsn && !s.fromSlot {
+	if b := s.cfg.StartBefore; b != 0 && b < lsn && !s.fromSlot && tli == s.srv.TLI {
 		lsn = b
 	}
 	s.log.Info("starting at the slot's position", slog.String(keyLSN, lsn.String()), slog.Any(keyTimeline, tli), slog.Bool("repository_empty", !s.fromSlot))

@@ -2,11 +2,15 @@ package archiver
 
 import (
 	"bytes"
+	"errors"
 	"strconv"
 )
 
 // tarBlockLen is the tar block: headers and padded data.
 const tarBlockLen = 512
+
+// maxParts bounds an archive's parts: about 2 MB of backup.json.
+const maxParts = 10000
 
 // splitWriter stores one tar archive of a base backup as several parts, each
 // a whole tar archive of its own, cut at entry boundaries once a part holds
@@ -17,7 +21,9 @@ const tarBlockLen = 512
 // into the part it is in, which is always safe.
 //
 // A finished part is closed while the next one is written; at most one
-// closes at a time, which bounds memory to two parts' uploads.
+// closes at a time, which bounds memory to two parts' uploads. An archive
+// has at most maxParts parts, the last one taking the rest, so that
+// backup.json stays small.
 type splitWriter struct {
 	open  func(part int) BackupWriter
 	limit int64
@@ -55,7 +61,10 @@ func (w *splitWriter) write(p []byte) (int, error) {
 	for len(p) > 0 {
 		switch {
 		case w.stop:
-			return total, w.emit(p)
+			if err := w.emit(p); err != nil {
+				return 0, err
+			}
+			return total, nil
 		case w.skip > 0:
 			n := int(min(w.skip, int64(len(p))))
 			if err := w.emit(p[:n]); err != nil {
@@ -87,15 +96,17 @@ func (w *splitWriter) header() error {
 		w.stop = true // the end-of-archive marker, or a header not understood
 		return w.emit(w.hdr[:])
 	}
-	if w.written >= w.limit && !w.extended {
+	if w.written >= w.limit && !w.extended && w.part+1 < maxParts {
 		if err := w.cut(); err != nil {
 			return err
 		}
 	}
-	switch typ {
-	case '0', 0, '7': // regular files
-	case 'L', 'K': // GNU long name or link name of the next entry
-	case '1', '2', '5': // hard link, symlink, directory: no data
+	switch {
+	case typ == 0 && bytes.HasSuffix(bytes.TrimRight(w.hdr[:100], "\x00"), []byte("/")):
+		w.stop = true // an old-style directory, which tar readers give no data
+	case typ == '0' || typ == 0 || typ == '7': // regular files
+	case typ == 'L' || typ == 'K': // GNU long name or link name of the next entry
+	case typ == '1' || typ == '2' || typ == '5': // hard link, symlink, directory: no data
 		size = 0
 	default:
 		// A PAX header may set the next entry's size; other types are
@@ -141,13 +152,15 @@ func (w *splitWriter) emit(p []byte) error {
 	return nil
 }
 
-// CloseWithError ends the last part, waiting for every part's store.
+// CloseWithError ends the last part, waiting for every part's store. An
+// archive that ends before its end-of-archive marker fails: it could not
+// be restored.
 func (w *splitWriter) CloseWithError(err error) error {
 	if err == nil {
 		err = w.err
 	}
-	if w.hdrFill > 0 && err == nil {
-		err = w.emit(w.hdr[:w.hdrFill]) // a truncated stream: the server's error reports it
+	if err == nil && !w.stop {
+		err = errors.New("the server's tar archive ended before its end-of-archive marker")
 	}
 	cerr := w.cur.CloseWithError(err)
 	werr := w.waitClosing()

@@ -235,3 +235,29 @@ func TestSplitWriterErrors(t *testing.T) {
 		t.Fatalf("CloseWithError = %v, want the stream's error", err)
 	}
 }
+
+// TestSplitWriterIncomplete checks that an archive cut short (between
+// entries, in a header, in data) fails instead of being stored, and that
+// an archive never has more than maxParts parts.
+func TestSplitWriterIncomplete(t *testing.T) {
+	archive := testArchive(t, tar.FormatUSTAR, 20)
+	end := len(archive) - len(tarEndBlocks)
+	for _, n := range []int{0, 512, 700, end - 512, end} {
+		var p partBuffers
+		w := newSplitWriter(1, p.open)
+		w.Write(archive[:n])
+		if err := w.CloseWithError(nil); err == nil || !strings.Contains(err.Error(), "end-of-archive marker") {
+			t.Errorf("archive cut at %d of %d: CloseWithError = %v", n, len(archive), err)
+		}
+	}
+	var p partBuffers
+	w := newSplitWriter(1, p.open)
+	big := testArchive(t, tar.FormatUSTAR, maxParts+50)
+	w.Write(big)
+	if err := w.CloseWithError(nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.parts) != maxParts {
+		t.Errorf("%d parts, want at most %d", len(p.parts), maxParts)
+	}
+}

@@ -45,7 +45,13 @@ func ExtractBackup(ctx context.Context, repo *catalog.Repo, b catalog.Backup, di
 		parallel = DefaultParallel
 	}
 	if opts.Progress != nil {
-		opts.Progress.SetTotal(b.RawSize)
+		var total int64
+		for _, parts := range b.Archives() {
+			for _, p := range parts {
+				total += p.Size
+			}
+		}
+		opts.Progress.SetTotal(total)
 	}
 	locations := map[uint32]string{}
 	type job struct {

@@ -79,6 +79,9 @@ func Restore(ctx context.Context, repo *catalog.Repo, opts Options) (Plan, error
 		}
 		dirs = append(dirs, d)
 	}
+	if err := distinctDirs(dirs); err != nil {
+		return Plan{}, err
+	}
 	var made []string
 	for _, d := range dirs {
 		created, err := prepareDir(d)
@@ -160,6 +163,20 @@ func mapTablespaces(b catalog.Backup, m map[string]string) (map[uint32]string, e
 		out[b.Objects[i].OID] = dir
 	}
 	return out, nil
+}
+
+// distinctDirs checks that no directory a restore fills is another or lies
+// inside another: two archives extracted into one place would collide.
+func distinctDirs(dirs []string) error {
+	for i, a := range dirs {
+		for _, b := range dirs[:i] {
+			ca, cb := filepath.Clean(a), filepath.Clean(b)
+			if ca == cb || strings.HasPrefix(ca, cb+string(filepath.Separator)) || strings.HasPrefix(cb, ca+string(filepath.Separator)) {
+				return fmt.Errorf("the restore would put two parts of the backup into %s and %s: give the target directory and each tablespace (--tablespace-map) a place of its own", b, a)
+			}
+		}
+	}
+	return nil
 }
 
 // prepareDir checks that dir is empty, creating it (0700) when absent.

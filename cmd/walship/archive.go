@@ -49,6 +49,7 @@ func (e *env) archiveCommand() *cli.Command {
 		&cli.BoolFlag{Name: "wait", EnvVars: []string{"WALSHIP_WAIT"}, Usage: "wait for another archiver's lease on the repository to end instead of failing"},
 		&cli.DurationFlag{Name: "lease-ttl", EnvVars: []string{"WALSHIP_LEASE_TTL"}, Value: lease.DefaultTTL, Usage: "how long the repository lease outlives a killed archiver"},
 		&cli.BoolFlag{Name: "accept-gap", EnvVars: []string{"WALSHIP_ACCEPT_GAP"}, Usage: "when the primary has already removed the next WAL to archive, go on from where its WAL begins now, recording the gap (take a new base backup)"},
+		partSizeFlag(),
 		&cli.StringFlag{Name: "backup-schedule", EnvVars: []string{"WALSHIP_BACKUP_SCHEDULE"}, Usage: "take base backups on this cron `SCHEDULE` while archiving (e.g. \"0 3 * * *\", @daily; UTC)"},
 		&cli.BoolFlag{Name: "backup-fast", EnvVars: []string{"WALSHIP_BACKUP_FAST"}, Usage: "scheduled backups start with an immediate checkpoint instead of a spread one"},
 		&cli.StringFlag{Name: "prune-schedule", EnvVars: []string{"WALSHIP_PRUNE_SCHEDULE"}, Usage: "apply --keep/--keep-within on this cron `SCHEDULE` while archiving"},
@@ -172,7 +173,11 @@ func (e *env) schedules(c *cli.Context, repo *catalog.Repo, stats *archiver.Stat
 		if err != nil {
 			return nil, usagef("--backup-schedule: %v", err)
 		}
-		cfg := archiver.BackupConfig{ConnString: pgConnString(c), Slot: c.String("slot"), Fast: c.Bool("backup-fast"), Log: e.log, Stats: stats}
+		partSize, err := parsePartSize(c)
+		if err != nil {
+			return nil, err
+		}
+		cfg := archiver.BackupConfig{ConnString: pgConnString(c), Slot: c.String("slot"), Fast: c.Bool("backup-fast"), PartSize: partSize, Log: e.log, Stats: stats}
 		r.Add(c.Context, "backup", sched, func(ctx context.Context) error {
 			_, err := archiver.Backup(ctx, repo, cfg)
 			return err

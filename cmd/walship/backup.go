@@ -30,7 +30,7 @@ func (e *env) backupCommand() *cli.Command {
 			&cli.StringFlag{Name: "memory-limit", EnvVars: []string{"WALSHIP_MEMORY_LIMIT"}, Value: "64MiB", Usage: "soft limit on the process's memory (compression and upload buffers)"},
 			&cli.IntFlag{Name: "max-rate", EnvVars: []string{"WALSHIP_BACKUP_MAX_RATE"}, Usage: "bound the server's transfer rate in `kB/s` (32 to 1048576; 0: unlimited)"},
 			&cli.IntFlag{Name: "concurrency", EnvVars: []string{"WALSHIP_BACKUP_CONCURRENCY"}, Value: 2, Usage: "zstd goroutines per archive"},
-			&cli.StringFlag{Name: "part-size", EnvVars: []string{"WALSHIP_PART_SIZE"}, Value: "128MiB", Usage: "cut archives into parts of about this `SIZE`, at file boundaries, so that restores extract them in parallel"},
+			partSizeFlag(),
 			&cli.DurationFlag{Name: "lease-ttl", EnvVars: []string{"WALSHIP_LEASE_TTL"}, Value: lease.DefaultTTL, Usage: "how long the backup lease outlives a killed backup"},
 			&cli.BoolFlag{Name: "if-due", EnvVars: []string{"WALSHIP_IF_DUE"}, Usage: "take the backup only if --schedule says one is due, judging from the repository alone (for cron jobs and cloud schedulers)"},
 			&cli.StringFlag{Name: "schedule", EnvVars: []string{"WALSHIP_BACKUP_SCHEDULE"}, Usage: "cron `SCHEDULE` for --if-due (e.g. \"0 3 * * *\" or @daily; UTC)"},
@@ -48,9 +48,9 @@ func (e *env) backupCommand() *cli.Command {
 			if err != nil || mem < 16<<20 {
 				return usagef("--memory-limit %q: want a size of at least 16MiB, such as 64MiB", c.String("memory-limit"))
 			}
-			partSize, err := location.ParseSize(c.String("part-size"))
-			if err != nil || partSize < 1<<20 {
-				return usagef("--part-size %q: want a size of at least 1MiB, such as 128MiB", c.String("part-size"))
+			partSize, err := parsePartSize(c)
+			if err != nil {
+				return err
 			}
 			hb, err := newHeartbeat(c.String("heartbeat-url"), time.Minute, e.log)
 			if err != nil {
@@ -109,4 +109,17 @@ func (e *env) backupCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+func partSizeFlag() cli.Flag {
+	return &cli.StringFlag{Name: "part-size", EnvVars: []string{"WALSHIP_PART_SIZE"}, Value: "128MiB", Usage: "cut backup archives into parts of about this `SIZE`, at file boundaries, so that restores extract them in parallel"}
+}
+
+// parsePartSize reads --part-size: at least 1MiB.
+func parsePartSize(c *cli.Context) (int64, error) {
+	n, err := location.ParseSize(c.String("part-size"))
+	if err != nil || n < 1<<20 {
+		return 0, usagef("--part-size %q: want a size of at least 1MiB, such as 128MiB", c.String("part-size"))
+	}
+	return n, nil
 }

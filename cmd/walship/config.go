@@ -22,14 +22,19 @@ func configFlag() cli.Flag {
 	}
 }
 
-// applySettings makes the settings file and the _FILE variables part of the
-// environment, under flags and the environment proper: a WALSHIP_X the
-// environment lacks is taken from the settings file, then from the file that
-// WALSHIP_X_FILE names. The global flags, parsed already, are updated from
-// it; each command's flags read it when they are parsed. Errors name files,
-// lines and variables, never values.
+// applySettings makes the _FILE variables and the settings file part of
+// the environment, under flags: a WALSHIP_X the environment lacks is read
+// from the file its WALSHIP_X_FILE names, failing that taken from the
+// settings file (where it may be a WALSHIP_X_FILE too). The global flags,
+// parsed already, are updated from it; each command's flags read it when
+// they are parsed. Errors name files, lines and variables, never values.
 func applySettings(c *cli.Context) error {
 	known := envVarsOf(c.App)
+	// The environment first, its _FILE variables included, then the
+	// settings file, then the _FILE variables the file set.
+	if err := readSecretFiles(known); err != nil {
+		return err
+	}
 	if path := c.String("config"); path != "" {
 		settings, err := readSettings(path, known)
 		if err != nil {
@@ -40,20 +45,9 @@ func applySettings(c *cli.Context) error {
 				os.Setenv(kv[0], kv[1])
 			}
 		}
-	}
-	for name := range known {
-		if _, set := os.LookupEnv(name); set {
-			continue
+		if err := readSecretFiles(known); err != nil {
+			return err
 		}
-		path, ok := os.LookupEnv(name + "_FILE")
-		if !ok {
-			continue
-		}
-		v, err := readSecret(path)
-		if err != nil {
-			return usagef("%s_FILE: %v", name, err)
-		}
-		os.Setenv(name, v)
 	}
 	for _, f := range c.App.Flags {
 		name := f.Names()[0]
@@ -72,6 +66,26 @@ func applySettings(c *cli.Context) error {
 	return nil
 }
 
+// readSecretFiles sets each known variable that is not set from the file
+// its _FILE variable names, if that is set.
+func readSecretFiles(known map[string]bool) error {
+	for name := range known {
+		if _, set := os.LookupEnv(name); set {
+			continue
+		}
+		path, ok := os.LookupEnv(name + "_FILE")
+		if !ok {
+			continue
+		}
+		v, err := readSecret(path)
+		if err != nil {
+			return usagef("%s_FILE: %v", name, err)
+		}
+		os.Setenv(name, v)
+	}
+	return nil
+}
+
 // readSettings reads a settings file: one NAME=value per line, blank lines
 // and lines starting with # ignored, an optional "export " in front, and
 // the value optionally in single or double quotes (taken as is, without
@@ -84,6 +98,9 @@ func readSettings(path string, known map[string]bool) ([][2]string, error) {
 		return nil, usagef("--config: %v", err)
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > maxConfigFile {
+		return nil, usagef("--config %s: larger than %d bytes; is it the right file?", path, maxConfigFile)
+	}
 	var out [][2]string
 	sc := bufio.NewScanner(io.LimitReader(f, maxConfigFile))
 	for n := 1; sc.Scan(); n++ {

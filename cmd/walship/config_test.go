@@ -64,6 +64,7 @@ func TestSettingsPrecedence(t *testing.T) {
 		{"flag over env", map[string]string{"WALSHIP_REPO": repo("env")}, []string{"--config", conf, "--repo", repo("flag"), "check"}, "repository " + repo("flag")},
 		{"secret file", map[string]string{"WALSHIP_REPO_FILE": filepath.Join(dir, "secret")}, []string{"check"}, "repository " + repo("from-secret")},
 		{"env over secret file", map[string]string{"WALSHIP_REPO": repo("env"), "WALSHIP_REPO_FILE": filepath.Join(dir, "secret")}, []string{"check"}, "repository " + repo("env")},
+		{"secret file over file", map[string]string{"WALSHIP_REPO_FILE": filepath.Join(dir, "secret")}, []string{"--config", conf, "check"}, "repository " + repo("from-secret")},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			unsetenv(t, names...)

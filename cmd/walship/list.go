@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/urfave/cli/v2"
 
+	"github.com/walship/walship/archiver"
 	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/restore"
 	"github.com/walship/walship/scheduler"
@@ -184,7 +185,7 @@ func readSlotState(ctx context.Context, connString, slot string) *slotState {
 	defer cancel()
 	conn, err := pgx.Connect(ctx, connString)
 	if err != nil {
-		st.Error = "connect: " + err.Error()
+		st.Error = "connect: " + archiver.Redact(err).Error()
 		return st
 	}
 	defer conn.Close(context.Background())

@@ -14,6 +14,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/walship/walship/internal/progress"
 	"github.com/walship/walship/storage"
 	"github.com/walship/walship/storage/lease"
 	"github.com/walship/walship/storage/location"
@@ -98,6 +99,10 @@ type env struct {
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {
+	if progress.IsTerminal(stderr) {
+		// Log lines and progress status lines share it.
+		stderr = progress.NewTerminal(stderr)
+	}
 	e := &env{stdout: stdout, stderr: stderr}
 	return &cli.App{
 		Name:      "walship",

@@ -217,7 +217,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if c.runner != nil {
 		for _, job := range c.runner.Jobs() {
 			st := c.runner.Stats(job)
-			gauge("walship_scheduled_next_run_timestamp_seconds", float64(st.Next.UnixNano())/1e9, job)
+			if !st.Next.IsZero() {
+				gauge("walship_scheduled_next_run_timestamp_seconds", float64(st.Next.UnixNano())/1e9, job)
+			}
 			counter("walship_scheduled_runs_total", uint64(st.Runs), job)
 			counter("walship_scheduled_failures_total", uint64(st.Failures), job)
 		}

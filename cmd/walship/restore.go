@@ -107,9 +107,11 @@ func (e *env) restoreCommand() *cli.Command {
 				Parallel:    c.Int("parallel"),
 				Progress:    meter,
 				Recovery:    restore.Recovery{Action: action, KeepArchiving: c.Bool("keep-archiving")},
-				// The tip from pieces for the target timeline only.
+				// The tip from pieces for the target timeline only; both
+				// spelled out, so that WALSHIP_FETCH_* variables in the
+				// server's environment cannot change them.
 				RestoreCommand: func(tli wal.TimeLineID) string {
-					return fetchCmd("--tip-timeline", strconv.FormatUint(uint64(tli), 10))
+					return fetchCmd("--tip-timeline", strconv.FormatUint(uint64(tli), 10), "--no-pieces=false")
 				},
 				Log: e.log,
 			})

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/walship/walship/archiver"
 )
 
 const (
@@ -75,11 +77,11 @@ func (p *slotProbe) query(ctx context.Context) (slotMetrics, error) {
 	if p.conn == nil {
 		cfg, err := pgx.ParseConfig(p.connString)
 		if err != nil {
-			return slotMetrics{}, fmt.Errorf("connection string: %w", err)
+			return slotMetrics{}, fmt.Errorf("connection string: %w", archiver.Redact(err))
 		}
 		cfg.RuntimeParams["application_name"] = "walship_metrics"
 		if p.conn, err = pgx.ConnectConfig(ctx, cfg); err != nil {
-			return slotMetrics{}, fmt.Errorf("connect: %w", err)
+			return slotMetrics{}, fmt.Errorf("connect: %w", archiver.Redact(err))
 		}
 	}
 	var m slotMetrics

@@ -1,6 +1,3 @@
-// Package progress shows how far a long job (a backup, a restore) has come:
-// on a terminal as one status line redrawn in place, with bytes, rate and
-// time left; otherwise as a log line now and then, for log collectors.
 package progress
 
 import (
@@ -26,7 +23,7 @@ type Meter struct {
 	total atomic.Int64
 	done  atomic.Int64
 	start time.Time
-	tty   io.Writer // nil: log lines instead
+	tty   *Terminal // nil: log lines instead
 	log   *slog.Logger
 	stop  chan struct{}
 	wg    sync.WaitGroup
@@ -39,8 +36,10 @@ func Start(what string, total int64, w io.Writer, log *slog.Logger) *Meter {
 	m := &Meter{what: what, start: time.Now(), log: log, stop: make(chan struct{})}
 	m.total.Store(total)
 	every := LogEvery
-	if IsTerminal(w) {
-		m.tty, every = w, TerminalEvery
+	if t, ok := w.(*Terminal); ok {
+		m.tty, every = t, TerminalEvery
+	} else if IsTerminal(w) {
+		m.tty, every = NewTerminal(w), TerminalEvery
 	}
 	m.wg.Go(func() {
 		t := time.NewTicker(every)
@@ -57,8 +56,11 @@ func Start(what string, total int64, w io.Writer, log *slog.Logger) *Meter {
 	return m
 }
 
-// IsTerminal tells whether w is a terminal.
+// IsTerminal tells whether w is a terminal (or a Terminal).
 func IsTerminal(w io.Writer) bool {
+	if _, ok := w.(*Terminal); ok {
+		return true
+	}
 	f, ok := w.(*os.File)
 	if !ok {
 		return false
@@ -93,7 +95,7 @@ func (m *Meter) Stop() {
 		close(m.stop)
 		m.wg.Wait()
 		if m.tty != nil {
-			fmt.Fprint(m.tty, "\r\033[K")
+			m.tty.clear()
 		}
 	})
 }
@@ -120,7 +122,7 @@ func (m *Meter) Status() string {
 
 func (m *Meter) report() {
 	if m.tty != nil {
-		fmt.Fprint(m.tty, "\r\033[K"+m.Status())
+		m.tty.draw(m.Status())
 		return
 	}
 	if m.log != nil {
@@ -140,4 +142,47 @@ func Bytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// Terminal is a terminal that a status line shares with other output (log
+// lines): a write clears the status line first, and the next report draws
+// it again below what was written.
+type Terminal struct {
+	mu    sync.Mutex
+	w     io.Writer
+	drawn bool
+}
+
+// NewTerminal wraps the terminal w.
+func NewTerminal(w io.Writer) *Terminal { return &Terminal{w: w} }
+
+// clearLine is the carriage return and erase-line sequence.
+const clearLine = "\r\033[K"
+
+func (t *Terminal) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.drawn {
+		t.drawn = false
+		if _, err := io.WriteString(t.w, clearLine); err != nil {
+			return 0, err
+		}
+	}
+	return t.w.Write(p)
+}
+
+func (t *Terminal) draw(status string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, _ = io.WriteString(t.w, clearLine+status)
+	t.drawn = true
+}
+
+func (t *Terminal) clear() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.drawn {
+		_, _ = io.WriteString(t.w, clearLine)
+		t.drawn = false
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -61,5 +62,24 @@ func TestIsTerminal(t *testing.T) {
 		if !IsTerminal(tty) {
 			t.Error("/dev/tty not taken for a terminal")
 		}
+	}
+}
+
+// TestTerminal checks that output through a Terminal clears the status
+// line first, so that a log line never runs on from it.
+func TestTerminal(t *testing.T) {
+	var out bytes.Buffer
+	term := NewTerminal(&out)
+	m := Start("restore", 100, term, nil)
+	m.Add(50)
+	m.report()
+	term.Write([]byte("a log line\n"))
+	m.report()
+	m.Stop()
+	rate := regexp.MustCompile(`[0-9.]+ [KMGT]?i?B/s, [0-9a-z.]+ left`)
+	status := rate.ReplaceAllString(m.Status(), "R")
+	want := clearLine + status + clearLine + "a log line\n" + clearLine + status + clearLine
+	if got := rate.ReplaceAllString(out.String(), "R"); got != want {
+		t.Errorf("terminal got %q\nwant %q", out.String(), want)
 	}
 }

@@ -141,10 +141,20 @@ func ParseBackup(b []byte) (Backup, error) {
 			return Backup{}, fmt.Errorf("backup.json: object %q: part %d", o.Name, o.Part)
 		}
 	}
+	names := map[string]bool{}
+	for _, o := range bk.Objects {
+		if names[o.Name] {
+			return Backup{}, fmt.Errorf("backup.json: object %q listed twice", o.Name)
+		}
+		names[o.Name] = true
+	}
 	for _, parts := range bk.Archives() {
 		for i, o := range parts {
-			if o.Part != i {
+			switch {
+			case o.Part != i:
 				return Backup{}, fmt.Errorf("backup.json: archive %q has no part %d", parts[0].Name, i)
+			case o.Name != PartName(parts[0].Name, i) || o.Location != parts[0].Location:
+				return Backup{}, fmt.Errorf("backup.json: object %q is not part %d of archive %q", o.Name, i, parts[0].Name)
 			}
 		}
 	}
@@ -208,6 +218,9 @@ func (r *Repo) WriteBackup(ctx context.Context, b Backup) error {
 	}
 	if _, err := ParseBackup(data); err != nil {
 		return fmt.Errorf("refusing to write an invalid %w", err)
+	}
+	if len(data) >= maxBackupJSON {
+		return fmt.Errorf("backup.json of %d bytes is larger than the %d walship reads: too many objects (use a larger --part-size)", len(data), maxBackupJSON)
 	}
 	_, err = r.Create(ctx, BackupMetaKey(b.ID), bytes.NewReader(append(data, '\n')))
 	return err

@@ -83,8 +83,11 @@ func (r *Repo) ReadIndex(ctx context.Context, seg wal.Segment, segSize uint64) (
 // whose carry is unknown.
 func DecodeIndex(b []byte) ([]walrec.Event, walrec.Carry, error) {
 	var none walrec.Carry
-	if len(b) < len(indexMagic) || [4]byte(b[:4]) != [4]byte(indexMagic[:4]) || b[4] < 1 || b[4] > indexMagic[4] {
+	if len(b) < len(indexMagic) || [4]byte(b[:4]) != [4]byte(indexMagic[:4]) || b[4] < 1 {
 		return nil, none, fmt.Errorf("%w (unknown header)", errIndex)
+	}
+	if b[4] > indexMagic[4] {
+		return nil, none, fmt.Errorf("%w: its format %d is newer than this walship's %d; upgrade walship", errIndex, b[4], indexMagic[4])
 	}
 	version := b[4]
 	events, b, err := decodeEvents(b[len(indexMagic):])
