@@ -3,6 +3,7 @@ package archiver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -63,6 +64,24 @@ func TestConnectErrors(t *testing.T) {
 	if _, err := Run(t.Context(), fileRepo(t), Config{ConnString: base + " user=pwuser password=right-secret", UntilCaughtUp: true, Log: testLogger(t)}); err != nil {
 		t.Fatalf("right password: %v", err)
 	}
+	// libpq's own ways to give the password: PGPASSWORD, then a password
+	// file (PGPASSFILE, or ~/.pgpass), as deployments mount them.
+	t.Run("PGPASSWORD", func(t *testing.T) {
+		t.Setenv("PGPASSWORD", "right-secret")
+		if _, err := Run(t.Context(), fileRepo(t), Config{ConnString: base + " user=pwuser", UntilCaughtUp: true, Log: testLogger(t)}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("PGPASSFILE", func(t *testing.T) {
+		pass := filepath.Join(t.TempDir(), "pgpass")
+		if err := os.WriteFile(pass, fmt.Appendf(nil, "127.0.0.1:%d:*:pwuser:right-secret\n", c.Port()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("PGPASSFILE", pass)
+		if _, err := Run(t.Context(), fileRepo(t), Config{ConnString: base + " user=pwuser", UntilCaughtUp: true, Log: testLogger(t)}); err != nil {
+			t.Fatal(err)
+		}
+	})
 	_, err := Run(t.Context(), fileRepo(t), Config{ConnString: base + " user=norep", UntilCaughtUp: true, Log: testLogger(t)})
 	var ce *ConfigError
 	if !errors.As(err, &ce) {
