@@ -265,6 +265,10 @@ func (s *session) stream(ctx context.Context, sp startPoint) error {
 			return fmt.Errorf("no buffer for the first segment") // cannot happen: none in use
 		}
 		s.cur.shipped, s.cur.verify, s.cur.verifySum = sp.Stored, sp.Stored, sp.StoredSum
+		if sp.Unchecked {
+			s.cur.verify = 0
+			s.log.Info("resuming after the stored pieces without checking them: the archiver holds no age identity to read them", slog.String(keySegment, sp.Segment.Name(s.segSize)))
+		}
 		s.cur.pieceKeys = sp.PieceKeys
 		s.stalePieces = sp.LaterPieces
 

@@ -11,7 +11,19 @@ import (
 	"github.com/walship/walship/internal/walrec"
 	"github.com/walship/walship/storage"
 	"github.com/walship/walship/storage/catalog"
+	"github.com/walship/walship/storage/codec"
 )
+
+// Encrypted returns an error when backups could not be read for want of an
+// age identity, so that planning does not go on as if there were none.
+func (inv Inventory) Encrypted() error {
+	for _, err := range inv.Listing.Invalid {
+		if errors.Is(err, codec.ErrIdentity) {
+			return fmt.Errorf("the repository is encrypted and its backups cannot be read: %w", err)
+		}
+	}
+	return nil
+}
 
 // LoadInventory reads what planning needs from repo: its metadata, the
 // complete backups, the WAL extents and every timeline history file, and

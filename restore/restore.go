@@ -53,6 +53,9 @@ func Restore(ctx context.Context, repo *catalog.Repo, opts Options) (Plan, error
 	}
 	k := opts.Target.Kind
 	inv, err := LoadInventory(ctx, repo, k == ToTime || k == ToXID || k == ToName)
+	if err == nil {
+		err = inv.Encrypted()
+	}
 	if err != nil {
 		return Plan{}, err
 	}

@@ -40,6 +40,10 @@ type VerifyReport struct {
 	Backups     int
 	Timelines   int
 	Problems    []Problem
+	// Sealed lists the backups whose backup.json is encrypted to an
+	// identity Verify was not given: their objects' checksums are
+	// verified, but not against backup.json, nor the WAL from their start.
+	Sealed []string
 }
 
 // Verify checks the repository: every object's checksum (which needs no
@@ -179,6 +183,10 @@ func (r *VerifyReport) checkBackups(inv Inventory, sums map[string][32]byte) {
 		}
 	}
 	for id, err := range inv.Listing.Invalid {
+		if errors.Is(err, codec.ErrIdentity) {
+			r.Sealed = append(r.Sealed, id)
+			continue
+		}
 		r.Problems = append(r.Problems, Problem{Key: catalog.BackupMetaKey(id), What: err.Error(), Breaks: "backup " + id + " cannot be restored"})
 	}
 }

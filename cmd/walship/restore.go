@@ -89,6 +89,9 @@ func (e *env) restoreCommand() *cli.Command {
 			if c.Bool("dry-run") {
 				k := target.Kind
 				inv, err := restore.LoadInventory(c.Context, repo, k == restore.ToTime || k == restore.ToXID || k == restore.ToName)
+				if err == nil {
+					err = inv.Encrypted()
+				}
 				if err != nil {
 					return err
 				}

@@ -47,7 +47,7 @@ func (e *env) verifyCommand() *cli.Command {
 				enc.SetIndent("", "  ")
 				if err := enc.Encode(map[string]any{
 					"objects": r.Objects, "stored_bytes": r.StoredBytes, "backups": r.Backups,
-					"timelines": r.Timelines, "problems": problems,
+					"timelines": r.Timelines, "problems": problems, "sealed_backups": r.Sealed,
 				}); err != nil {
 					return err
 				}
@@ -55,6 +55,9 @@ func (e *env) verifyCommand() *cli.Command {
 				fmt.Fprintf(w, "verified %d objects (%s), %d backups, %d timelines\n", r.Objects, humanBytes(r.StoredBytes), r.Backups, r.Timelines)
 				for _, p := range r.Problems {
 					fmt.Fprintf(w, "PROBLEM %s\n", p)
+				}
+				if len(r.Sealed) > 0 {
+					fmt.Fprintf(w, "NOT CHECKED: %d backups against their encrypted backup.json, nor the WAL from their start; give --age-identity-file to check them\n", len(r.Sealed))
 				}
 			}
 			if len(r.Problems) > 0 {

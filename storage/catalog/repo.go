@@ -38,6 +38,13 @@ func (r *Repo) WithConcurrency(n int) *Repo {
 // Codec is how objects are written.
 func (r *Repo) Codec() codec.Options { return r.opts.Codec }
 
+// EncryptsBlind tells whether r encrypts to recipients without holding an
+// identity, so that it cannot read back the encrypted objects it writes (an
+// archiver given only the public key).
+func (r *Repo) EncryptsBlind() bool {
+	return len(r.opts.Codec.Recipients) > 0 && len(r.opts.Identities) == 0
+}
+
 // Store is the store underneath.
 func (r *Repo) Store() storage.Store { return r.store }
 

@@ -55,7 +55,7 @@ func NewReader(r io.Reader, name string, identities []age.Identity) (*Reader, er
 	if hdr.encrypted {
 		if len(identities) == 0 {
 			return nil, fmt.Errorf("codec: object %s: %w: it is encrypted with age; "+
-				"give the identity it was encrypted to (--age-identity)", name, ErrIdentity)
+				"give the identity it was encrypted to (--age-identity-file)", name, ErrIdentity)
 		}
 		plain, err := age.Decrypt(body, identities...)
 		if err != nil {
@@ -88,7 +88,7 @@ func (r *Reader) ageError(err error, identities []age.Identity) error {
 	var noMatch *age.NoIdentityMatchError
 	if errors.As(err, &noMatch) {
 		return fmt.Errorf("codec: object %s: %w: %s not among its recipients; "+
-			"give the identity it was encrypted to (--age-identity), "+
+			"give the identity it was encrypted to (--age-identity-file), "+
 			"or run verify in case the object is damaged: %w",
 			r.name, ErrIdentity, describe(identities), err)
 	}
