@@ -1,84 +1,25 @@
 package archiver
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/walship/walship/internal/pgtest"
+	"github.com/walship/walship/internal/testca"
 )
-
-// testCA is a certificate authority made for one test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newTestCA(t *testing.T, name string) testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return testCA{cert, key, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// serverCert issues a certificate for localhost and 127.0.0.1, PEM encoded
-// with its key.
-func (ca testCA) serverCert(t *testing.T) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "localhost"},
-		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
-}
 
 // TestTLSVerifyFull archives over TLS with sslmode=verify-full against a
 // test CA, the server refusing connections without TLS; a client trusting
 // another CA, or asking a name the certificate does not hold, is refused
 // with an error about the certificate.
 func TestTLSVerifyFull(t *testing.T) {
-	ca, other := newTestCA(t, "walship test CA"), newTestCA(t, "another CA")
+	ca, other := testca.New(t, "walship test CA"), testca.New(t, "another CA")
 	certs := pgtest.MkdirOwned(t)
-	certPEM, keyPEM := ca.serverCert(t)
-	files := map[string][]byte{"server.crt": certPEM, "server.key": keyPEM, "ca.pem": ca.pem, "other.pem": other.pem}
+	certPEM, keyPEM := ca.ServerCert(t)
+	files := map[string][]byte{"server.crt": certPEM, "server.key": keyPEM, "ca.pem": ca.PEM, "other.pem": other.PEM}
 	for name, b := range files {
 		p := filepath.Join(certs, name)
 		if err := os.WriteFile(p, b, 0o600); err != nil {

@@ -38,6 +38,7 @@ var testOnly = []string{
 	module + "/internal/miniotest",
 	module + "/internal/clitest",
 	module + "/internal/testlog",
+	module + "/internal/testca",
 }
 
 type pkg struct {

@@ -3,6 +3,8 @@ package miniotest
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -31,16 +33,22 @@ const (
 
 // Server is a running MinIO server.
 type Server struct {
-	Endpoint  string // host:port, plain HTTP
+	Endpoint  string // host:port
 	AccessKey string
 	SecretKey string
 
-	cmd *exec.Cmd
-	dir string
+	cmd   *exec.Cmd
+	dir   string
+	roots *x509.CertPool // with TLS: what the server's certificate chains to
 }
 
 // URL is the server's base URL.
-func (s *Server) URL() string { return "http://" + s.Endpoint }
+func (s *Server) URL() string {
+	if s.roots != nil {
+		return "https://" + s.Endpoint
+	}
+	return "http://" + s.Endpoint
+}
 
 var (
 	once    sync.Once
@@ -108,7 +116,15 @@ func startShared() (*Server, error) {
 
 // New starts a MinIO server of its own on a free loopback port, with its
 // data in a temporary directory. The server dies with this process.
-func New() (*Server, error) {
+func New() (*Server, error) { return newServer(nil, nil, nil) }
+
+// NewTLS starts a server of its own that speaks HTTPS only, with the
+// certificate and key given (PEM), which chain to roots. Stop it when done.
+func NewTLS(certPEM, keyPEM []byte, roots *x509.CertPool) (*Server, error) {
+	return newServer(certPEM, keyPEM, roots)
+}
+
+func newServer(certPEM, keyPEM []byte, roots *x509.CertPool) (*Server, error) {
 	bin, err := Binary()
 	if err != nil {
 		return nil, err
@@ -117,13 +133,25 @@ func New() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{AccessKey: "walship", SecretKey: randomHex(16), dir: dir}
+	s := &Server{AccessKey: "walship", SecretKey: randomHex(16), dir: dir, roots: roots}
+	certsDir := filepath.Join(dir, "certs")
+	if err := os.MkdirAll(certsDir, 0o700); err != nil {
+		return nil, err
+	}
+	if certPEM != nil {
+		if err := os.WriteFile(filepath.Join(certsDir, "public.crt"), certPEM, 0o600); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(certsDir, "private.key"), keyPEM, 0o600); err != nil {
+			return nil, err
+		}
+	}
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
 	s.Endpoint = fmt.Sprintf("127.0.0.1:%d", port)
-	s.cmd = exec.Command(bin, "server", "--quiet", "--address", s.Endpoint, "--console-address", "127.0.0.1:0", filepath.Join(dir, "data"))
+	s.cmd = exec.Command(bin, "server", "--quiet", "--certs-dir", certsDir, "--address", s.Endpoint, "--console-address", "127.0.0.1:0", filepath.Join(dir, "data"))
 	s.cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+s.AccessKey, "MINIO_ROOT_PASSWORD="+s.SecretKey, "MINIO_BROWSER=off", "MINIO_UPDATE=off")
 	log, err := os.Create(filepath.Join(dir, "minio.log"))
 	if err != nil {
@@ -135,7 +163,7 @@ func New() (*Server, error) {
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	if err := waitReady(s.URL(), 30*time.Second); err != nil {
+	if err := waitReady(s.URL(), s.httpClient(), 30*time.Second); err != nil {
 		_ = s.cmd.Process.Kill()
 		_ = s.cmd.Wait()
 		out, _ := os.ReadFile(log.Name())
@@ -169,10 +197,23 @@ func CacheDir() string {
 	return filepath.Join(home, ".cache", "walship")
 }
 
-func waitReady(url string, timeout time.Duration) error {
+// httpClient is a client that trusts the server's certificate.
+func (s *Server) httpClient() *http.Client {
+	return &http.Client{Transport: s.transport()}
+}
+
+func (s *Server) transport() http.RoundTripper {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	if s.roots != nil {
+		t.TLSClientConfig = &tls.Config{RootCAs: s.roots}
+	}
+	return t
+}
+
+func waitReady(url string, client *http.Client, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(url + "/minio/health/ready")
+		resp, err := client.Get(url + "/minio/health/ready")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -202,7 +243,7 @@ func randomHex(n int) string {
 // Client returns a minio-go client for the server, for test set-up.
 func (s *Server) Client(t testing.TB) *mgo.Client {
 	t.Helper()
-	c, err := mgo.New(s.Endpoint, &mgo.Options{Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, "")})
+	c, err := mgo.New(s.Endpoint, &mgo.Options{Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, ""), Secure: s.roots != nil, Transport: s.transport()})
 	if err != nil {
 		t.Fatal(err)
 	}
