@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/archiver"
+	"github.com/walship/walship/internal/progress"
 	"github.com/walship/walship/storage"
 	"github.com/walship/walship/storage/catalog"
 	"github.com/walship/walship/storage/codec"
@@ -62,7 +63,7 @@ func (e *env) checkCommand() *cli.Command {
 			case err != nil:
 				fail("repository metadata", err)
 			default:
-				fmt.Fprintf(e.stdout, "  walship.json: system %s, %s WAL segments\n", meta.SystemID, humanBytes(int64(meta.SegmentSize)))
+				fmt.Fprintf(e.stdout, "  walship.json: system %s, %s WAL segments\n", meta.SystemID, progress.Bytes(int64(meta.SegmentSize)))
 			}
 			if pg := pgConnString(c); pg == "" {
 				fmt.Fprintln(e.stdout, "primary: not checked (no --pg or WALSHIP_PG)")
@@ -91,10 +92,10 @@ func (e *env) checkPrimary(ctx context.Context, pg, slot string, meta catalog.Me
 		return err
 	}
 	fmt.Fprintf(e.stdout, "  replication connection ok: PostgreSQL %d.%d, system %s, timeline %d, flushed to %s, %s WAL segments\n",
-		srv.VersionNum/10000, srv.VersionNum%10000, srv.SystemID, srv.TLI, srv.FlushLSN, humanBytes(int64(srv.SegmentSize)))
+		srv.VersionNum/10000, srv.VersionNum%10000, srv.SystemID, srv.TLI, srv.FlushLSN, progress.Bytes(int64(srv.SegmentSize)))
 	if meta.SystemID != "" && (meta.SystemID != srv.SystemID || meta.SegmentSize != srv.SegmentSize) {
 		return fmt.Errorf("the repository belongs to system %s with %s segments, the primary is system %s with %s: use another repository (or prefix) for this cluster",
-			meta.SystemID, humanBytes(int64(meta.SegmentSize)), srv.SystemID, humanBytes(int64(srv.SegmentSize)))
+			meta.SystemID, progress.Bytes(int64(meta.SegmentSize)), srv.SystemID, progress.Bytes(int64(srv.SegmentSize)))
 	}
 	st := readSlotState(ctx, pg, slot)
 	switch {
@@ -107,7 +108,7 @@ func (e *env) checkPrimary(ctx context.Context, pg, slot string, meta catalog.Me
 	default:
 		safe := "unlimited"
 		if st.SafeWALSize != nil {
-			safe = humanBytes(*st.SafeWALSize)
+			safe = progress.Bytes(*st.SafeWALSize)
 		}
 		fmt.Fprintf(e.stdout, "  slot %s: active=%v restart_lsn=%s wal_status=%s safe_wal_size=%s\n", slot, st.Active, st.RestartLSN, st.WALStatus, safe)
 		if st.WALStatus == "unreserved" {

@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/archiver"
+	"github.com/walship/walship/internal/progress"
 	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/restore"
 	"github.com/walship/walship/scheduler"
@@ -215,12 +216,12 @@ func printListing(w io.Writer, l listing) {
 		fmt.Fprintln(w, "not a walship repository yet (no walship.json): archive or back up into it first")
 		return
 	}
-	fmt.Fprintf(w, "repository  %s\ncluster     system identifier %s, %s WAL segments\n\n", l.Repository, l.Meta.SystemID, humanBytes(int64(l.Meta.SegmentSize)))
+	fmt.Fprintf(w, "repository  %s\ncluster     system identifier %s, %s WAL segments\n\n", l.Repository, l.Meta.SystemID, progress.Bytes(int64(l.Meta.SegmentSize)))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "BACKUP\tPOSTGRESQL\tTIMELINE\tSTART LSN\tEND LSN\tSTARTED\tTOOK\tSIZE\tSTORED")
 	for _, b := range l.Backups {
 		fmt.Fprintf(tw, "%s\t%d.%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", b.ID, b.PGVersion/10000, b.PGVersion%100, b.StartTLI, b.StartLSN, b.EndLSN,
-			b.StartTime.Format("2006-01-02 15:04:05Z"), b.StopTime.Sub(b.StartTime).Round(time.Second), humanBytes(b.RawSize), humanBytes(b.StoredSize))
+			b.StartTime.Format("2006-01-02 15:04:05Z"), b.StopTime.Sub(b.StartTime).Round(time.Second), progress.Bytes(b.RawSize), progress.Bytes(b.StoredSize))
 	}
 	if len(l.Backups) == 0 {
 		fmt.Fprintln(tw, "(none)")
@@ -275,22 +276,9 @@ func printListing(w io.Writer, l listing) {
 		} else {
 			safe := "unlimited"
 			if s.SafeWALSize != nil {
-				safe = humanBytes(*s.SafeWALSize)
+				safe = progress.Bytes(*s.SafeWALSize)
 			}
 			fmt.Fprintf(w, "active=%v restart_lsn=%s wal_status=%s safe_wal_size=%s\n", s.Active, s.RestartLSN, s.WALStatus, safe)
 		}
 	}
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

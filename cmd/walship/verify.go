@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/walship/walship/internal/progress"
 	"github.com/walship/walship/restore"
 )
 
@@ -52,7 +53,7 @@ func (e *env) verifyCommand() *cli.Command {
 					return err
 				}
 			} else {
-				fmt.Fprintf(w, "verified %d objects (%s), %d backups, %d timelines\n", r.Objects, humanBytes(r.StoredBytes), r.Backups, r.Timelines)
+				fmt.Fprintf(w, "verified %d objects (%s), %d backups, %d timelines\n", r.Objects, progress.Bytes(r.StoredBytes), r.Backups, r.Timelines)
 				for _, p := range r.Problems {
 					fmt.Fprintf(w, "PROBLEM %s\n", p)
 				}
