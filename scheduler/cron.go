@@ -17,7 +17,9 @@ var parser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron
 
 // ParseSchedule parses a cron schedule: five fields (minute hour day month
 // weekday), six with seconds first, or a descriptor (@daily, @hourly,
-// @every 6h). Times are UTC.
+// @every 6h). Times are UTC, whatever the zone of the time given to Next,
+// unless the schedule starts with CRON_TZ=zone. A schedule that never
+// comes (February 30) is refused.
 func ParseSchedule(spec string) (cron.Schedule, error) {
 	spec = strings.TrimSpace(spec)
 	if spec == "" {
@@ -28,9 +30,23 @@ func ParseSchedule(spec string) (cron.Schedule, error) {
 			return nil, fmt.Errorf("schedule %q: @every needs at least 1s", spec)
 		}
 	}
+	// The cron parser slices past the zone without checking for the
+	// schedule after it.
+	zoned := strings.HasPrefix(spec, "TZ=") || strings.HasPrefix(spec, "CRON_TZ=")
+	if zoned && !strings.Contains(spec, " ") {
+		return nil, fmt.Errorf("schedule %q: a time zone without a schedule after it", spec)
+	}
 	s, err := parser.Parse(spec)
 	if err != nil {
 		return nil, fmt.Errorf("schedule %q: %v; write five fields (minute hour day month weekday, e.g. \"0 3 * * *\"), six with seconds first, or @daily, @hourly, @every 6h", spec, err)
+	}
+	// Without CRON_TZ the parser leaves the zone to the time given to Next.
+	if ss, ok := s.(*cron.SpecSchedule); ok && !zoned {
+		ss.Location = time.UTC
+	}
+	// Next finds nothing past five years ahead: a day that no month has.
+	if s.Next(time.Now()).IsZero() {
+		return nil, fmt.Errorf("schedule %q never comes: no month has that day", spec)
 	}
 	return s, nil
 }
