@@ -49,6 +49,9 @@ func Parse(raw string) (Location, error) {
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
+		if redact(raw) != raw {
+			return bad("not a URL, and it seems to hold credentials, which do not belong in it; %s", forms)
+		}
 		return bad("%v; %s", unwrapURLError(err), forms)
 	}
 	if u.Scheme == "" {
@@ -65,6 +68,9 @@ func Parse(raw string) (Location, error) {
 	}
 	q, err := url.ParseQuery(u.RawQuery)
 	if err != nil {
+		if redact(raw) != raw {
+			return bad("the query does not parse, and it seems to hold credentials, which do not belong in it")
+		}
 		return bad("query: %v", err)
 	}
 	var loc Location
@@ -115,13 +121,13 @@ func parseS3(u *url.URL, q url.Values) (Location, error) {
 	if ep := q.Get("endpoint"); ep != "" {
 		e, err := url.Parse(ep)
 		if err != nil || (e.Scheme != "http" && e.Scheme != "https") || e.Host == "" {
-			return Location{}, fmt.Errorf("endpoint %q: want http://host:port or https://host", ep)
+			return Location{}, fmt.Errorf("endpoint %q: want http://host:port or https://host", redact(ep))
 		}
 		if e.User != nil {
 			return Location{}, fmt.Errorf("endpoint: credentials do not belong in the URL; use the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY variables")
 		}
 		if e.Path != "" && e.Path != "/" || e.RawQuery != "" {
-			return Location{}, fmt.Errorf("endpoint %q: give only scheme, host and port; the bucket and prefix go in the s3:// part", ep)
+			return Location{}, fmt.Errorf("endpoint %q: give only scheme, host and port; the bucket and prefix go in the s3:// part", redact(ep))
 		}
 		c.Endpoint = e.Scheme + "://" + e.Host
 		c.PathStyle = true // S3-compatible servers rarely have wildcard DNS
@@ -319,18 +325,31 @@ func (l Location) String() string {
 	return ""
 }
 
-// redact hides a password that someone put in a URL, so that the error that
-// refuses it does not print it.
+// redact hides a password that someone put in a URL, or in the URL of its
+// endpoint parameter, escaped or not, so that the error that refuses it
+// does not print it.
 func redact(raw string) string {
+	const hidden = "(URL with credentials, not shown)"
+	if _, query, ok := strings.Cut(raw, "?"); ok && credentials(query) {
+		return hidden
+	}
 	u, err := url.Parse(raw)
 	if err != nil || u.User == nil {
-		if i := strings.Index(raw, "@"); i >= 0 && strings.Contains(raw[:i], ":") {
-			return "(URL with credentials, not shown)"
+		if credentials(raw) {
+			return hidden
 		}
 		return raw
 	}
 	u.User = url.User("…")
 	return u.String()
+}
+
+// credentials reports whether s looks like it holds a user and password:
+// an @ with a colon before it, either of them percent-encoded or not.
+func credentials(s string) bool {
+	s = strings.NewReplacer("%40", "@", "%3A", ":", "%3a", ":").Replace(s)
+	i := strings.Index(s, "@")
+	return i >= 0 && strings.Contains(s[:i], ":")
 }
 
 func unwrapURLError(err error) error {
