@@ -97,7 +97,7 @@ func parseFile(u *url.URL, q url.Values) (Location, error) {
 	if err := onlyParams(q); err != nil {
 		return Location{}, err
 	}
-	if u.Path == "" || u.Path == "/" {
+	if path.Clean("/"+u.Path) == "/" {
 		return Location{}, fmt.Errorf("no directory; write file:///absolute/path")
 	}
 	if path.Clean(u.Path) != strings.TrimSuffix(u.Path, "/") {
