@@ -3,6 +3,7 @@ package location
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/url"
 	"path"
 	"slices"
@@ -199,7 +200,8 @@ func parseMinIO(u *url.URL, q url.Values) (Location, error) {
 }
 
 func onlyParams(q url.Values, known ...string) error {
-	for k, v := range q {
+	for _, k := range slices.Sorted(maps.Keys(q)) {
+		v := q[k]
 		if !slices.Contains(known, k) {
 			if len(known) == 0 {
 				return fmt.Errorf("unknown parameter %q; this kind of repository takes none", k)
