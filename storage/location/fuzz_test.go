@@ -6,6 +6,7 @@ import (
 	"path"
 	"strings"
 	"testing"
+	"unicode"
 
 	"github.com/walship/walship/storage"
 )
@@ -114,4 +115,26 @@ func shift(s string) string {
 		}
 		return r
 	}, s)
+}
+
+// FuzzParseSize checks that ParseSize never panics on a --part-size or
+// --memory-limit value and that what it accepts is a byte count that does
+// not overflow, spelled the way the unit says.
+func FuzzParseSize(f *testing.F) {
+	for _, s := range []string{"0", "5", "5B", "2kB", "8MiB", "1GB", "3GiB", "8 MiB", "+8MiB", "", "MiB", "-1", "1.5MiB", "1TiB", "99999999999GiB", "4611686018427387904", "9223372036854775807B"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := ParseSize(s)
+		if err != nil {
+			return
+		}
+		if n < 0 || n > 1<<62 {
+			t.Fatalf("ParseSize(%q) = %d", s, n)
+		}
+		num := strings.TrimRightFunc(s, func(r rune) bool { return unicode.IsSpace(r) || strings.ContainsRune("BkKMGi", r) })
+		if num == "" || strings.Trim(num, "+-0123456789") != "" {
+			t.Fatalf("ParseSize(%q) = %d from a number %q", s, n, num)
+		}
+	})
 }
