@@ -71,6 +71,14 @@ var errWALRemoved = errors.New("WAL removed before it was archived")
 // string it could not parse.
 func redactErr(err error) error {
 	msg := err.Error()
+	var pce *pgconn.ParseConfigError
+	if errors.As(err, &pce) && !strings.HasPrefix(pce.ConnString, "postgres://") && !strings.HasPrefix(pce.ConnString, "postgresql://") {
+		// pgconn masks password=value but not password = value, nor the
+		// part of a quoted one after an escaped quote: show the string as
+		// walship masks it instead.
+		shown := pgconn.NewParseConfigError(pce.ConnString, "", nil).Error()
+		msg = strings.Replace(msg, shown, "cannot parse `"+redactKeywords(pce.ConnString)+"`: ", 1)
+	}
 	for _, key := range []string{"password=", "password:"} {
 		if i := strings.Index(msg, key); i >= 0 {
 			end := strings.IndexAny(msg[i+len(key):], " '\"&@")
@@ -91,4 +99,54 @@ func Redact(err error) error {
 		return nil
 	}
 	return redactErr(err)
+}
+
+// redactKeywords masks the values of password keywords in a libpq
+// keyword/value connection string, reading it as pgconn does; from where it
+// stops making sense (no =, an unterminated quote) it masks the rest.
+func redactKeywords(conn string) string {
+	const spaces = " \t\n\r\v\f"
+	var b strings.Builder
+	skipSpaces := func(s string) string {
+		t := strings.TrimLeft(s, spaces)
+		b.WriteString(s[:len(s)-len(t)])
+		return t
+	}
+	for s := skipSpaces(conn); s != ""; s = skipSpaces(s) {
+		eq := strings.IndexByte(s, '=')
+		if eq < 0 {
+			b.WriteString("xxxxx")
+			break
+		}
+		key := strings.ToLower(strings.Trim(s[:eq], spaces))
+		b.WriteString(s[:eq+1])
+		s = skipSpaces(s[eq+1:])
+		end := 0
+		if strings.HasPrefix(s, "'") {
+			for end = 1; end < len(s) && s[end] != '\''; end++ {
+				if s[end] == '\\' {
+					end++
+				}
+			}
+			if end >= len(s) {
+				b.WriteString("xxxxx")
+				break
+			}
+			end++ // the closing quote
+		} else {
+			for ; end < len(s) && !strings.ContainsRune(spaces, rune(s[end])); end++ {
+				if s[end] == '\\' {
+					end++
+				}
+			}
+			end = min(end, len(s))
+		}
+		if strings.Contains(key, "password") {
+			b.WriteString("xxxxx")
+		} else {
+			b.WriteString(s[:end])
+		}
+		s = s[end:]
+	}
+	return b.String()
 }

@@ -1,0 +1,104 @@
+package archiver
+
+import (
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// FuzzRedact checks that a password written in a connection string, in
+// any of the ways libpq takes one, never shows in the errors walship
+// prints when the string does not parse (pgconn's, for the archiver, and
+// pgx's, for the slot probe and list): the error must not change when the
+// password's letters and digits do.
+func FuzzRedact(f *testing.F) {
+	f.Add(uint8(0), "host=h", "s3cr3t", "port=abc")
+	f.Add(uint8(2), "u", "s3cr3t", "h:notaport/db")
+	f.Add(uint8(3), "", "s3cr3t", "sslmode=maybe")
+	f.Add(uint8(5), "u", "s3cr3t", "h/db?sslmode=maybe")
+	f.Add(uint8(0), "host=h", "s3cr3t", "unterminated='")
+	f.Add(uint8(6), "host=h", "s3cr3t", "default_query_exec_mode=nonsense")
+	f.Add(uint8(1), "host=h", `back\slash`, "port=99999999")
+	f.Fuzz(func(t *testing.T, form uint8, pre, password, post string) {
+		if shift(password) == password || readsFiles(pre+post) {
+			return
+		}
+		build := func(pw string) string {
+			switch form % 7 {
+			case 0, 6: // unquoted keyword/value
+				if strings.ContainsAny(pw, " \t\n\r\v\f'\\") {
+					return ""
+				}
+				return pre + " password=" + pw + " " + post
+			case 1: // quoted, with libpq's escapes
+				return pre + " password='" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(pw) + "' " + post
+			case 2: // URL user information
+				return "postgres://" + url.UserPassword(pre, pw).String() + "@" + post
+			case 3: // URL parameter
+				return "postgresql://h/db?password=" + url.QueryEscape(pw) + "&" + post
+			case 4: // spaces around the =, which libpq allows
+				if strings.ContainsAny(pw, " \t\n\r\v\f'\\") {
+					return ""
+				}
+				return pre + " password = " + pw + " " + post
+			}
+			// URL user information as someone may type it, unescaped
+			if strings.ContainsAny(pw, "@/?#") {
+				return ""
+			}
+			return "postgres://" + pre + ":" + pw + "@" + post
+		}
+		conn, conn2 := build(password), build(shift(password))
+		if conn == "" {
+			return
+		}
+		for _, parse := range []func(string) error{
+			func(s string) error { _, err := pgconn.ParseConfig(s); return err },
+			func(s string) error { _, err := pgx.ParseConfig(s); return err },
+		} {
+			err, err2 := parse(conn), parse(conn2)
+			if (err == nil) != (err2 == nil) {
+				t.Fatalf("%q: %v, but %q: %v", conn, err, conn2, err2)
+			}
+			if err == nil {
+				continue
+			}
+			if got, got2 := Redact(err).Error(), Redact(err2).Error(); got != got2 {
+				t.Fatalf("the password shows in the error:\n%s\n%s", got, got2)
+			}
+		}
+	})
+}
+
+// readsFiles reports whether a connection string may name a file that
+// parsing it reads (a password, service or certificate file), which a fuzz
+// input must not: /dev/zero never ends.
+func readsFiles(s string) bool {
+	s = strings.ToLower(s)
+	if u, err := url.QueryUnescape(s); err == nil {
+		s += " " + u
+	}
+	for _, w := range []string{"file", "cert", "key", "service", "/dev", "/proc", "/sys"} {
+		if strings.Contains(s, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// shift changes each letter and digit of s into another of its kind,
+// hexadecimal digits into hexadecimal digits, so that what s spells in a
+// connection string keeps its shape.
+func shift(s string) string {
+	return strings.Map(func(r rune) rune {
+		for _, class := range []string{"0123456789", "abcdef", "ghijklmnopqrstuvwxyz", "ABCDEF", "GHIJKLMNOPQRSTUVWXYZ"} {
+			if i := strings.IndexRune(class, r); i >= 0 {
+				return rune(class[(i+1)%len(class)])
+			}
+		}
+		return r
+	}, s)
+}
