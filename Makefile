@@ -7,7 +7,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 SERVE   := $(GO) run ./internal/miniotest/serve --
 
-.PHONY: all build services test lint bench demo clean
+.PHONY: all build services test lint bench demo clean soak
 
 all: build
 
@@ -32,6 +32,13 @@ bench: services build
 	$(SERVE) $(GO) test -run '^$$' -bench SyncInterval -benchtime 10x ./archiver
 	$(GO) run ./bench/catchup -scale 80
 	$(GO) run ./bench/backup -scale 100
+
+# soak runs the randomized trials long: 100 kills (and SIGTERMs and
+# PostgreSQL restarts) of the archiver under load, each checked by a restore
+# (restore) or against the slot (archiver). Not part of test. Replay a run
+# with WALSHIP_TRIAL_SEED=<the seed it logged>.
+soak: services
+	WALSHIP_TRIALS=$${WALSHIP_TRIALS:-100} $(SERVE) $(GO) test -p 1 -count=1 -timeout 3h -run '^(TestTrials|TestKillTrials)$$' -v ./restore ./archiver
 
 demo: build
 	bash scripts/install-postgres.sh
