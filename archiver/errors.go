@@ -108,6 +108,8 @@ func Redact(err error) error {
 // redactKeywords masks the values of password keywords in a libpq
 // keyword/value connection string, reading it as pgconn does; from where it
 // stops making sense (no =, an unterminated quote) it masks the rest.
+// After a stray = ("= password = x", "= password=x"), a value that holds
+// the word password, and the value after it, are masked too.
 func redactKeywords(conn string) string {
 	const spaces = " \t\n\r\v\f"
 	var b strings.Builder
@@ -116,6 +118,7 @@ func redactKeywords(conn string) string {
 		b.WriteString(s[:len(s)-len(t)])
 		return t
 	}
+	prev := "" // the previous value
 	for s := skipSpaces(conn); s != ""; s = skipSpaces(s) {
 		eq := strings.IndexByte(s, '=')
 		if eq < 0 {
@@ -145,11 +148,13 @@ func redactKeywords(conn string) string {
 			}
 			end = min(end, len(s))
 		}
-		if strings.Contains(key, "password") {
+		value := strings.ToLower(s[:end])
+		if strings.Contains(key, "password") || strings.Contains(value, "password") || key == "" && strings.Contains(prev, "password") {
 			b.WriteString("xxxxx")
 		} else {
 			b.WriteString(s[:end])
 		}
+		prev = value
 		s = s[end:]
 	}
 	return b.String()

@@ -45,8 +45,9 @@ func FuzzRedact(f *testing.F) {
 				}
 				return pre + " password = " + pw + " " + post
 			}
-			// URL user information as someone may type it, unescaped
-			if strings.ContainsAny(pw, "@/?#") {
+			// URL user information as someone may type it, unescaped,
+			// an @ in the user name included (as Azure's user@server)
+			if strings.ContainsAny(pw, "@/?#") || strings.ContainsAny(pre, "/?#") {
 				return ""
 			}
 			return "postgres://" + pre + ":" + pw + "@" + post
