@@ -78,10 +78,16 @@ func redactErr(err error) error {
 		// walship masks it instead.
 		shown := pgconn.NewParseConfigError(pce.ConnString, "", nil).Error()
 		msg = strings.Replace(msg, shown, "cannot parse `"+redactKeywords(pce.ConnString)+"`: ", 1)
-	} else if inner := errors.Unwrap(pce); inner != nil && strings.Count(pce.ConnString, "@") > 1 {
-		// With an @ in the user name or password, pgconn's URL parser
-		// may quote the password in its reason.
-		msg = strings.Replace(msg, "("+inner.Error()+")", "(an @ in a user name or password must be written %40)", 1)
+	} else if errors.As(err, &pce) && strings.Count(pce.ConnString, "@") > 1 {
+		// With an @ in the user name or password (as Azure's user@server),
+		// pgconn may take the password for a host and show it, or quote it
+		// in its reason: mask everything before the last @.
+		shown := pgconn.NewParseConfigError(pce.ConnString, "", nil).Error()
+		scheme, rest, _ := strings.Cut(pce.ConnString, "://")
+		msg = strings.Replace(msg, shown, "cannot parse `"+scheme+"://xxxxx"+rest[strings.LastIndex(rest, "@"):]+"`: ", 1)
+		if inner := errors.Unwrap(pce); inner != nil {
+			msg = strings.Replace(msg, "("+inner.Error()+")", "(an @ in a user name or password must be written %40)", 1)
+		}
 	}
 	for _, key := range []string{"password=", "password:"} {
 		if i := strings.Index(msg, key); i >= 0 {
