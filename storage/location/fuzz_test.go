@@ -107,14 +107,16 @@ func FuzzParseSecret(f *testing.F) {
 // hexadecimal digits into hexadecimal digits, so that what s spells in a
 // URL keeps its shape.
 func shift(s string) string {
-	return strings.Map(func(r rune) rune {
+	b := []byte(s) // bytes, not runes: invalid UTF-8 stays as it is
+	for i, c := range b {
 		for _, class := range []string{"0123456789", "abcdef", "ghijklmnopqrstuvwxyz", "ABCDEF", "GHIJKLMNOPQRSTUVWXYZ"} {
-			if i := strings.IndexRune(class, r); i >= 0 {
-				return rune(class[(i+1)%len(class)])
+			if j := strings.IndexByte(class, c); j >= 0 {
+				b[i] = class[(j+1)%len(class)]
+				break
 			}
 		}
-		return r
-	}, s)
+	}
+	return string(b)
 }
 
 // FuzzParseSize checks that ParseSize never panics on a --part-size or
