@@ -39,6 +39,8 @@ var testOnly = []string{
 	module + "/internal/clitest",
 	module + "/internal/testlog",
 	module + "/internal/testca",
+	module + "/internal/faultproxy",
+	module + "/internal/tcpproxy",
 }
 
 type pkg struct {
