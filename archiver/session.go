@@ -115,7 +115,10 @@ func (s *session) run(ctx context.Context) (Result, error) {
 	s.segSize = s.srv.SegmentSize
 	s.cfg.Stats.serverFlush.Store(uint64(s.srv.FlushLSN))
 	if _, err := s.repo.Init(setup, catalog.Meta{SystemID: s.srv.SystemID, SegmentSize: s.segSize}); err != nil {
-		return s.res, fmt.Errorf("%w: %w", errFatal, err)
+		if errors.Is(err, catalog.ErrUnusable) {
+			return s.res, fmt.Errorf("%w: %w", errFatal, err)
+		}
+		return s.res, err // the store failed: the next session tries again
 	}
 	created, err := ensureSlot(setup, conn, s.cfg.Slot)
 	if err != nil {

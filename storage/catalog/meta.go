@@ -34,6 +34,19 @@ const maxMeta = 64 << 10
 // ErrNoMeta reports a store without walship.json: not a repository yet.
 var ErrNoMeta = errors.New("catalog: no walship.json: not a walship repository yet")
 
+// ErrUnusable is wrapped by the errors of ReadMeta, Init and Compatible
+// that reading again cannot change: walship.json is damaged or of a newer
+// format, or describes another cluster or segment size. Their other errors
+// are the store's, which may pass.
+var ErrUnusable = errors.New("catalog: the repository cannot be used")
+
+// unusable marks err as ErrUnusable, keeping its message.
+type unusable struct{ err error }
+
+func (u unusable) Error() string   { return u.err.Error() }
+func (u unusable) Unwrap() []error { return []error{u.err, ErrUnusable} }
+func markUnusable(err error) error { return unusable{err} }
+
 // ReadMeta reads and checks walship.json.
 func (r *Repo) ReadMeta(ctx context.Context) (Meta, error) {
 	rc, err := r.store.Get(ctx, MetaKey, 0)
@@ -52,6 +65,14 @@ func (r *Repo) ReadMeta(ctx context.Context) (Meta, error) {
 }
 
 func parseMeta(b []byte) (Meta, error) {
+	m, err := parseMetaBytes(b)
+	if err != nil {
+		return Meta{}, markUnusable(err)
+	}
+	return m, nil
+}
+
+func parseMetaBytes(b []byte) (Meta, error) {
 	if len(b) > maxMeta {
 		return Meta{}, fmt.Errorf("%s is larger than %d bytes; it is not walship's", MetaKey, maxMeta)
 	}
@@ -121,10 +142,10 @@ func (r *Repo) Init(ctx context.Context, m Meta) (Meta, error) {
 // repository described by have.
 func Compatible(have, want Meta) error {
 	if have.SystemID != want.SystemID {
-		return fmt.Errorf("this repository belongs to the PostgreSQL cluster with system identifier %s, not %s; use another --repo (or prefix) for this cluster", have.SystemID, want.SystemID)
+		return markUnusable(fmt.Errorf("this repository belongs to the PostgreSQL cluster with system identifier %s, not %s; use another --repo (or prefix) for this cluster", have.SystemID, want.SystemID))
 	}
 	if have.SegmentSize != want.SegmentSize {
-		return fmt.Errorf("this repository holds WAL segments of %d bytes, but the server's wal_segment_size is %d; use another --repo for this cluster", have.SegmentSize, want.SegmentSize)
+		return markUnusable(fmt.Errorf("this repository holds WAL segments of %d bytes, but the server's wal_segment_size is %d; use another --repo for this cluster", have.SegmentSize, want.SegmentSize))
 	}
 	return nil
 }
