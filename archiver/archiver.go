@@ -189,7 +189,9 @@ func Run(ctx context.Context, repo *catalog.Repo, cfg Config) (Result, error) {
 			return total, err
 		}
 		if res.Durable > 0 {
-			failures = 0 // progress was made: the next failure is new
+			// Progress was made: the next failure is new, and waits
+			// the first retry's second, not what earlier ones built up.
+			failures, backoff = 0, time.Second
 		}
 		if failures++; cfg.UntilCaughtUp && failures > boundedRetries {
 			// A bounded run has a scheduler that runs it again; failing
