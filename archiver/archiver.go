@@ -74,6 +74,9 @@ type Config struct {
 	Stats *Stats
 
 	retryBase time.Duration // first upload retry's wait; tests shorten it
+	// receiveTimeout is how long a replication connection may stay silent
+	// (asked to answer halfway) before it counts as dead; tests shorten it.
+	receiveTimeout time.Duration
 }
 
 // Defaults for Config's zero fields.
@@ -85,6 +88,8 @@ const (
 	DefaultMemoryLimit    = 32 << 20
 	DefaultUploaders      = 2
 	DefaultStopTimeout    = time.Minute
+	// DefaultReceiveTimeout is PostgreSQL's wal_receiver_timeout default.
+	DefaultReceiveTimeout = time.Minute
 )
 
 func (c *Config) setDefaults() error {
@@ -126,6 +131,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.retryBase == 0 {
 		c.retryBase = 200 * time.Millisecond
+	}
+	if c.receiveTimeout == 0 {
+		c.receiveTimeout = DefaultReceiveTimeout
 	}
 	return nil
 }

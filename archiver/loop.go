@@ -34,6 +34,13 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 	defer statusTick.Stop()
 	syncTick := time.NewTicker(s.cfg.SyncInterval)
 	defer syncTick.Stop()
+	// A connection the server has not been heard on for receiveTimeout,
+	// though asked to answer halfway, is dead, as walreceiver's
+	// wal_receiver_timeout judges: a path that died without a reset
+	// would otherwise hold the archiver until TCP gives up, for minutes.
+	aliveTick := time.NewTicker(s.cfg.receiveTimeout / 8)
+	defer aliveTick.Stop()
+	heard, pinged := time.Now(), false
 
 	var (
 		held       []byte  // received bytes waiting for a free buffer
@@ -62,6 +69,9 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 		var in <-chan message
 		if held == nil && !draining && !timelineUp {
 			in = msgs
+		} else {
+			// Not reading: the server's silence is not its own.
+			heard, pinged = time.Now(), false
 		}
 		var out chan<- *job
 		var first *job
@@ -123,6 +133,7 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 				s.shipPiece()
 			}
 		case m := <-in:
+			heard, pinged = time.Now(), false
 			switch {
 			case m.err != nil:
 				return nil, m.err
@@ -171,6 +182,16 @@ func (s *session) loop(ctx context.Context) (*startPoint, error) {
 		case <-statusTick.C:
 			if err := s.status(false); err != nil {
 				return nil, err
+			}
+		case <-aliveTick.C:
+			switch silent := time.Since(heard); {
+			case silent >= s.cfg.receiveTimeout:
+				return nil, fmt.Errorf("nothing heard from the server for %s, though asked to answer: the connection is dead; reconnecting", silent.Round(time.Millisecond))
+			case silent >= s.cfg.receiveTimeout/2 && !pinged:
+				pinged = true
+				if err := s.status(true); err != nil {
+					return nil, err
+				}
 			}
 		case <-statusSoon:
 			statusSoon = nil
