@@ -278,7 +278,7 @@ func (x *extractor) entries() error {
 		// With GODEBUG=tarinsecurepath=0 Next flags names we check anyway.
 		if err != nil && !(errors.Is(err, tar.ErrInsecurePath) && hdr != nil) {
 			switch {
-			case errors.Is(err, io.ErrUnexpectedEOF):
+			case endedEarly(err):
 				return fmt.Errorf("%w: the archive ends inside a header %s: it is truncated", ErrBadArchive, after(prev, start))
 			case errors.Is(err, tar.ErrHeader), errors.Is(err, tar.ErrFieldTooLong):
 				return fmt.Errorf("%w: corrupt tar header %s: %v", ErrBadArchive, after(prev, start), err)
@@ -513,13 +513,21 @@ func (x *extractor) copyData(hdr *tar.Header, f *os.File) (int64, error) {
 			done += int64(n)
 		}
 		switch {
-		case errors.Is(rerr, io.EOF), errors.Is(rerr, io.ErrUnexpectedEOF):
+		case rerr == io.EOF || endedEarly(rerr):
 			return done, badEntry(hdr.Name, "the archive ends after %d of the entry's %d bytes: it is truncated", done, hdr.Size)
 		case rerr != nil:
 			return done, fmt.Errorf("extract entry %q: read: %w", hdr.Name, rerr)
 		}
 	}
 	return done, nil
+}
+
+// endedEarly tells the stream ending inside a header or an entry, which
+// archive/tar reports as io.ErrUnexpectedEOF itself, from the reader
+// failing with an error that wraps it (net/http's for a body shorter than
+// its Content-Length): that is a failed download, not a damaged archive.
+func endedEarly(err error) bool {
+	return err == io.ErrUnexpectedEOF
 }
 
 // dir makes a directory entry, or takes the mode of a repeated one; modes
