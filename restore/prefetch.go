@@ -253,8 +253,9 @@ func (s Spool) make() error {
 }
 
 // prefetch downloads the count segments after after that are neither
-// spooled nor claimed, and reports the last segment it found stored.
-func (f *Fetcher) prefetch(ctx context.Context, spool Spool, after wal.Segment, segSize uint64, count, concurrency int) {
+// spooled nor claimed. It reports whether a download failed other than
+// for want of the segment.
+func (f *Fetcher) prefetch(ctx context.Context, spool Spool, after wal.Segment, segSize uint64, count, concurrency int) (failed bool) {
 	log := f.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -295,11 +296,24 @@ func (f *Fetcher) prefetch(ctx context.Context, spool Spool, after wal.Segment, 
 			}
 			if err != nil {
 				log.Warn("prefetch failed; wal-fetch will download it", attrName, next, attrError, err)
+				mu.Lock()
+				failed = true
+				mu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
+	return failed
 }
+
+// How often the keeper looks at the spool, and how long it waits after a
+// round whose downloads failed: keepRetry, doubled after each further one up
+// to keepMaxRetry.
+const (
+	keepPoll     = 50 * time.Millisecond
+	keepRetry    = 250 * time.Millisecond
+	keepMaxRetry = 8 * time.Second
+)
 
 // Keep runs as the spool's one keeper: it keeps count segments downloaded
 // ahead of recovery, which takes them from the spool (with a rename, even
@@ -324,6 +338,7 @@ func (f *Fetcher) Keep(ctx context.Context, spool Spool, name string, count, con
 	lastMove := time.Now()
 	prev := -1
 	top := pos.No // the newest segment seen spooled
+	wait := keepPoll
 	for ctx.Err() == nil && time.Since(lastMove) < idle {
 		if !spool.keeping(lock) {
 			return nil // the spool went away, and another may have come
@@ -361,11 +376,17 @@ func (f *Fetcher) Keep(ctx context.Context, spool Spool, name string, count, con
 			prev = len(ahead)
 		}
 		if len(ahead) < count {
-			f.prefetch(ctx, spool, pos, segSize, count, concurrency)
+			// A store that fails (or throttles) is asked less and
+			// less often; wal-fetch downloads what is not spooled.
+			if f.prefetch(ctx, spool, pos, segSize, count, concurrency) {
+				wait = min(max(2*wait, keepRetry), keepMaxRetry)
+			} else {
+				wait = keepPoll
+			}
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(wait):
 		}
 	}
 	if ctx.Err() == nil && spool.keeping(lock) {
