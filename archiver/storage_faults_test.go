@@ -1,6 +1,7 @@
 package archiver
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -182,4 +183,39 @@ func archiveUnderStorageFaults(t *testing.T, srv *miniotest.Server, backend stri
 		t.Errorf("overwritten: %s", o)
 	}
 	verifyObjects(t, direct)
+}
+
+// TestArchiveStopsOnStorageOutage: a bounded run (--until-caught-up) whose
+// every write is answered 503 SlowDown stops after its retries with an
+// error that says so, acknowledging nothing it did not store, instead of
+// retrying forever.
+func TestArchiveStopsOnStorageOutage(t *testing.T) {
+	srv := miniotest.Start(t)
+	bucket := srv.Bucket(t)
+	proxy := faultproxy.Start(t, srv.URL())
+	t.Setenv("AWS_MAX_ATTEMPTS", "1") // the archiver's own retries only, to keep this short
+	opts := catalog.Options{Codec: codec.Options{Compression: codec.Zstd}}
+	repo := catalog.New(openS3(t, "s3", proxy.Endpoint(), bucket, srv), opts)
+	direct := catalog.New(openS3(t, "s3", srv.Endpoint, bucket, srv), opts)
+	c := pgtest.Start(t, pgtest.Options{})
+	created := createSlot(t, c)
+	workload(t, c, 3000)
+	proxy.Set(faultproxy.Rule{Op: faultproxy.Put, Key: "/wal/", Fault: faultproxy.SlowDown})
+	start := time.Now()
+	_, err := Run(t.Context(), repo, Config{ConnString: c.ConnString(), UntilCaughtUp: true, Log: testLogger(t), retryBase: 10 * time.Millisecond})
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "SlowDown") || !strings.Contains(err.Error(), "wal/") {
+		t.Fatalf("Run under a write outage = %v, want the storage error naming the object", err)
+	}
+	t.Logf("stopped after %s: %v", took.Round(time.Millisecond), err)
+	if took > time.Minute {
+		t.Errorf("the bounded run took %s to give up", took)
+	}
+	if got := slotLSN(t, c); got != created {
+		end, _ := storedEnd(t.Context(), direct)
+		t.Errorf("the slot moved from %s to %s although no WAL was stored (the repository ends at %s)", created, got, end)
+	}
+	if n := proxy.Injected()[0]; n < 2 {
+		t.Errorf("%d writes faulted", n)
+	}
 }
