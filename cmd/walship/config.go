@@ -110,8 +110,9 @@ func readSettings(path string, known map[string]bool) ([][2]string, error) {
 		}
 		name, value, ok := strings.Cut(strings.TrimPrefix(line, "export "), "=")
 		name = strings.TrimSpace(name)
-		if !ok || name == "" {
-			return nil, usagef("--config %s, line %d: want NAME=value", path, n)
+		if !ok || !validName(name) {
+			// Not shown: the line may be a value, a password in it.
+			return nil, usagef("--config %s, line %d: want NAME=value, the NAME of letters, digits and underscores", path, n)
 		}
 		if !settingAllowed(name, known) {
 			return nil, usagef("--config %s, line %d: %s is not a walship setting (see walship --help and each command's --help for the WALSHIP_* names; PG* and AWS_* variables pass through)", path, n, name)
@@ -126,6 +127,16 @@ func readSettings(path string, known map[string]bool) ([][2]string, error) {
 		return nil, usagef("--config %s: %v", path, err)
 	}
 	return out, nil
+}
+
+// validName reports whether name can be an environment variable's name.
+func validName(name string) bool {
+	for i, c := range name {
+		if !(c == '_' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || i > 0 && c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return name != ""
 }
 
 func settingAllowed(name string, known map[string]bool) bool {
