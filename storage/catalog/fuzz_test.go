@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"testing"
 	"time"
+
+	"github.com/walship/walship/internal/wal"
 )
 
 // FuzzParseBackup checks that ParseBackup never panics on what a
@@ -96,6 +98,54 @@ func FuzzParseMeta(f *testing.F) {
 		}
 		if Compatible(again, m) != nil || !again.Created.Equal(m.Created) || len(again.Recipients) != len(m.Recipients) {
 			t.Fatalf("rewriting changed walship.json: %+v, then %+v", m, again)
+		}
+	})
+}
+
+// FuzzParseWALKey checks that ParseWALKey never panics on a key a listing
+// of wal/ returns, and that a key it accepts is the one walship writes for
+// what it parsed: no two keys for one object.
+func FuzzParseWALKey(f *testing.F) {
+	seg := wal.Segment{TLI: 2, No: 0x1FF}
+	for _, k := range []string{
+		SegmentKey(seg, 16<<20), PieceKey(seg, 16<<20, 0, 0x2000), PieceKey(seg, 16<<20, 0x2000, 16<<20), PartialKey(seg, 16<<20),
+		GapKey(seg, 16<<20), SegmentKey(seg, 16<<20) + ".idx", BackupKey(seg, 16<<20, 0x28), HistoryKey(2),
+		"wal/00000002/0000000200000001000000FF.pieces/00002000-00001000", "wal/00000002/0000000200000001000000FF.pieces/0000000a-000000ff",
+		"wal/00000003/0000000200000001000000FF", "wal/00000002/0000000200000001000000FF.partial/x", "wal/00000002.history/x",
+		"wal/0000000200000001000000FF", "backups/x", "wal/", "",
+	} {
+		f.Add(k, uint8(24))
+	}
+	f.Fuzz(func(t *testing.T, key string, sizeExp uint8) {
+		segSize := uint64(1) << (sizeExp % 64)
+		o, err := ParseWALKey(key, segSize)
+		if err != nil {
+			return
+		}
+		var want string
+		switch o.Kind {
+		case Segment:
+			want = SegmentKey(o.Segment, segSize)
+		case Piece:
+			if o.Start >= o.End || uint64(o.End) > segSize {
+				t.Fatalf("ParseWALKey(%q) = %+v: an empty piece or one past the segment", key, o)
+			}
+			want = PieceKey(o.Segment, segSize, o.Start, o.End)
+		case Partial:
+			want = PartialKey(o.Segment, segSize)
+		case Gap:
+			want = GapKey(o.Segment, segSize)
+		case Index:
+			want = SegmentKey(o.Segment, segSize) + ".idx"
+		case BackupHistory:
+			want = BackupKey(o.Segment, segSize, o.Offset)
+		case History:
+			want = HistoryKey(o.TLI)
+		default:
+			t.Fatalf("ParseWALKey(%q) = %+v: unknown kind", key, o)
+		}
+		if want != key || o.Key != key || o.Kind != History && o.TLI != o.Segment.TLI {
+			t.Fatalf("ParseWALKey(%q, %d) = %+v, whose key is %q", key, segSize, o, want)
 		}
 	})
 }
