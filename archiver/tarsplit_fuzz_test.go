@@ -18,15 +18,16 @@ import (
 // entries in order.
 func FuzzSplitWriter(f *testing.F) {
 	for _, format := range []tar.Format{tar.FormatUSTAR, tar.FormatGNU, tar.FormatPAX} {
-		f.Add(seedArchive(f, format, false), uint16(1), uint16(7))
+		f.Add(seedArchive(f, format, false), uint16(0), uint16(7))
 		f.Add(seedArchive(f, format, true), uint16(600), uint16(512))
 	}
-	f.Add(seedArchive(f, tar.FormatUSTAR, false)[:1500], uint16(1), uint16(100))
-	f.Add(make([]byte, 1024), uint16(1), uint16(1))
-	f.Add([]byte{}, uint16(1), uint16(1))
+	f.Add(seedArchive(f, tar.FormatUSTAR, false)[:1500], uint16(0), uint16(100))
+	f.Add(make([]byte, 1024), uint16(0), uint16(0))
+	f.Add([]byte{}, uint16(0), uint16(0))
 	f.Fuzz(func(t *testing.T, data []byte, limit, chunk uint16) {
-		whole, wholeErr := splitAll(data, int64(limit), len(data))
-		pieces, piecesErr := splitAll(data, int64(limit), 1+int(chunk))
+		// Backup never makes a splitWriter of limit 0.
+		whole, wholeErr := splitAll(data, 1+int64(limit), len(data))
+		pieces, piecesErr := splitAll(data, 1+int64(limit), 1+int(chunk))
 		if fmt.Sprint(wholeErr) != fmt.Sprint(piecesErr) || !slices.EqualFunc(whole, pieces, bytes.Equal) {
 			t.Fatalf("writes of %d bytes and of all at once give other parts (%d, %v; %d, %v)", 1+chunk, len(pieces), piecesErr, len(whole), wholeErr)
 		}
