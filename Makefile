@@ -7,7 +7,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 SERVE   := $(GO) run ./internal/miniotest/serve --
 
-.PHONY: all build services test lint bench demo clean soak
+.PHONY: all build services test lint bench demo clean soak fuzz
 
 all: build
 
@@ -39,6 +39,37 @@ bench: services build
 # with WALSHIP_TRIAL_SEED=<the seed it logged>.
 soak: services
 	WALSHIP_TRIALS=$${WALSHIP_TRIALS:-100} $(SERVE) $(GO) test -p 1 -count=1 -timeout 3h -run '^(TestTrials|TestKillTrials)$$' -v ./restore ./archiver
+
+# fuzz runs each fuzz target for FUZZTIME, one after another. Not part of
+# test, which runs their seed corpora (f.Add and testdata/fuzz) as tests.
+# A failing input is written to the package's testdata/fuzz/<target>/.
+# Minimizing each new input for the default minute would stall a short run;
+# temporary files (FuzzExtract makes a directory tree per input) go to
+# memory where there is /dev/shm.
+FUZZTIME     ?= 20s
+FUZZMINIMIZE ?= 1s
+FUZZPARALLEL ?= 1
+FUZZTMPDIR   ?= $(if $(wildcard /dev/shm/.),/dev/shm,$(or $(TMPDIR),/tmp))
+FUZZ          = TMPDIR=$(FUZZTMPDIR) $(GO) test -run '^$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE) -parallel $(FUZZPARALLEL)
+
+fuzz:
+	$(FUZZ) -fuzz '^FuzzParseFileName$$' ./internal/wal
+	$(FUZZ) -fuzz '^FuzzParseLSN$$' ./internal/wal
+	$(FUZZ) -fuzz '^FuzzParseHistory$$' ./internal/wal
+	$(FUZZ) -fuzz '^FuzzReader$$' ./internal/walrec
+	$(FUZZ) -fuzz '^FuzzCarry$$' ./internal/walrec
+	$(FUZZ) -fuzz '^FuzzParseBackup$$' ./storage/catalog
+	$(FUZZ) -fuzz '^FuzzParseMeta$$' ./storage/catalog
+	$(FUZZ) -fuzz '^FuzzParseWALKey$$' ./storage/catalog
+	$(FUZZ) -fuzz '^FuzzDecodeIndex$$' ./storage/catalog
+	$(FUZZ) -fuzz '^FuzzParse$$' ./storage/location
+	$(FUZZ) -fuzz '^FuzzParseSecret$$' ./storage/location
+	$(FUZZ) -fuzz '^FuzzParseSize$$' ./storage/location
+	$(FUZZ) -fuzz '^FuzzParseSchedule$$' ./scheduler
+	$(FUZZ) -fuzz '^FuzzSplitWriter$$' ./archiver
+	$(FUZZ) -fuzz '^FuzzRedact$$' ./archiver
+	$(FUZZ) -fuzz '^FuzzExtract$$' ./restore
+	$(FUZZ) -fuzz '^FuzzReadSettings$$' ./cmd/walship
 
 demo: build
 	bash scripts/install-postgres.sh
