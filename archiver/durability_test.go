@@ -92,7 +92,7 @@ func TestPrimaryShutdown(t *testing.T) {
 	cfg.SyncInterval = time.Hour // only the reply request can ship the tail
 	stop := background(t, repo, cfg)
 	waitFor(t, "the archiver to stream", func() bool {
-		return c.Scalar(t, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walship'") == "1"
+		return c.Scalar(t, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walship' AND state = 'streaming'") == "1"
 	})
 	workload(t, c, 2000)
 	c.Stop(t)

@@ -125,7 +125,7 @@ func archiveUnderStorageFaults(t *testing.T, srv *miniotest.Server, backend stri
 	arch := runInBackground(t, repo, cfg)
 	waitFor(t, "the archiver to stream", func() bool {
 		arch.check(t)
-		return c.Scalar(t, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walship'") == "1"
+		return c.Scalar(t, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walship' AND state = 'streaming'") == "1"
 	})
 	time.Sleep(500 * time.Millisecond)
 
