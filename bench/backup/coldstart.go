@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/walship/walship/bench/internal/benchenv"
 )
 
 // coldStartBench measures what a serverless run pays before it does work:
@@ -17,7 +19,8 @@ import (
 // taken), and one wal-fetch of a 16 MB segment without prefetch, from the
 // file repository and from MinIO: process start, repository open, download,
 // checksum and write. Each is the median of runs.
-func coldStartBench(ctx context.Context, env []string, work, walship, fileRepo, s3Repo, conn string) error {
+func (e *env) coldStartBench() error {
+	ctx, env, work, walship, fileRepo, s3Repo, conn := e.ctx, e.vars, e.work, e.walship, e.fileRepo, e.s3Repo, e.pg.Conn
 	fi, err := os.Stat(walship)
 	if err != nil {
 		return err
@@ -26,7 +29,7 @@ func coldStartBench(ctx context.Context, env []string, work, walship, fileRepo, 
 	fmt.Printf("%-52s %10s\n", "binary size", fmt.Sprintf("%.1f MiB", float64(fi.Size())/mib))
 	version, err := medianOf(func() (time.Duration, error) {
 		start := time.Now()
-		_, err := capture(ctx, env, walship, "--version")
+		_, err := benchenv.Capture(ctx, env, walship, "--version")
 		return time.Since(start), err
 	})
 	if err != nil {
@@ -35,7 +38,7 @@ func coldStartBench(ctx context.Context, env []string, work, walship, fileRepo, 
 	fmt.Printf("%-52s %7.1f ms\n", "walship --version", ms(version))
 	for _, r := range []struct{ name, repo, slot string }{
 		{"archive: first \"streaming\" log line, file", "file://" + fileRepo, "walship_file"},
-		{"archive: first \"streaming\" log line, MinIO", s3Repo, "walship_s3"},
+		{"archive: first \"streaming\" log line, MinIO (HTTPS)", s3Repo, "walship_s3"},
 	} {
 		d, err := medianOf(func() (time.Duration, error) {
 			return untilLogLine(ctx, env, "msg=streaming", walship, "--repo", r.repo, "archive", "--pg", conn, "--slot", r.slot, "--until-caught-up")
@@ -50,11 +53,11 @@ func coldStartBench(ctx context.Context, env []string, work, walship, fileRepo, 
 		return fmt.Errorf("no complete segment in %s", fileRepo)
 	}
 	dest := filepath.Join(work, "coldstart-seg")
-	for _, r := range []struct{ name, repo string }{{"wal-fetch of one 16 MB segment, file", "file://" + fileRepo}, {"wal-fetch of one 16 MB segment, MinIO", s3Repo}} {
+	for _, r := range []struct{ name, repo string }{{"wal-fetch of one 16 MB segment, file", "file://" + fileRepo}, {"wal-fetch of one 16 MB segment, MinIO (HTTPS)", s3Repo}} {
 		d, err := medianOf(func() (time.Duration, error) {
 			_ = os.Remove(dest)
 			start := time.Now()
-			_, err := capture(ctx, env, walship, "--repo", r.repo, "--log-level", "warn", "wal-fetch", "--prefetch", "0", seg, dest)
+			_, err := benchenv.Capture(ctx, env, walship, "--repo", r.repo, "--log-level", "warn", "wal-fetch", "--prefetch", "0", seg, dest)
 			return time.Since(start), err
 		})
 		if err != nil {
@@ -86,7 +89,7 @@ func medianOf(f func() (time.Duration, error)) (time.Duration, error) {
 // untilLogLine runs args and returns how long it took to log a line holding
 // marker; the run then goes on to its end.
 func untilLogLine(ctx context.Context, env []string, marker string, args ...string) (time.Duration, error) {
-	cmd := command(ctx, env, args)
+	cmd := benchenv.Command(ctx, env, args)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return 0, err

@@ -1,17 +1,23 @@
 // Command backup measures a full base backup of one PostgreSQL 15 database
-// taken by walship (to a file repository and to MinIO), pg_basebackup and
-// pgBackRest, one after the other in one run, and prints for each the wall
-// and CPU seconds, peak RSS, the bytes it stored and walship's wall time as
-// a ratio to each peer's. Then it restores each tool's newest backup the
-// same way (see restoreBench), and times restore_command per segment:
-// walship wal-fetch with and without prefetch against pgbackrest archive-get
-// (see walFetchBench).
+// taken by walship (to a file repository and to MinIO over HTTPS),
+// pg_basebackup, pgBackRest (to a posix repository and to the same MinIO)
+// and barman-cloud-backup (to the same MinIO), one after the other in one
+// run, and prints for each the wall and CPU seconds, peak RSS, the bytes it
+// stored and walship's wall time as a ratio to each peer's. Then it
+// restores each tool's newest backup the same way (see restoreBench), and
+// times restore_command per segment: walship wal-fetch with and without
+// prefetch against pgbackrest archive-get and barman-cloud-wal-restore (see
+// walFetchBench).
 //
 //	go run ./bench/backup [-scale 100] [-walship bin/walship] [-rounds 3]
 //
-// It needs root (it runs PostgreSQL 15 and pgBackRest as the postgres user),
-// Debian's PostgreSQL 15, the MinIO that make services builds and walship
-// built by make build; it installs Debian's pgbackrest when missing.
+// It needs root (it runs PostgreSQL 15, pgBackRest and barman-cloud-backup
+// as the postgres user), Debian's PostgreSQL 15, the MinIO that make
+// services builds and walship built by make build; it installs Debian's
+// pgbackrest, zstd and barman-cli-cloud (with python3-boto3) when missing.
+// MinIO speaks HTTPS only, with a certificate from a CA made for the run:
+// walship trusts it through SSL_CERT_FILE and AWS_CA_BUNDLE, boto3 through
+// AWS_CA_BUNDLE, pgBackRest through repo1-storage-ca-file.
 //
 // The database is pgbench -i -s SCALE (scale 100 is about 1.5 GB), loaded
 // with synchronous_commit off and checkpointed; fsync stays on. The runs:
@@ -22,171 +28,192 @@
 //     run also ships (compressed) the WAL its backup needs.
 //   - pg_basebackup -Ft --compress=client-zstd -X none --checkpoint=fast to a
 //     local directory (no WAL).
-//   - pgbackrest --type=full backup: posix repository, compress-type=zst,
-//     process-max=2, start-fast=y, archive-check=n (no WAL either).
+//   - pgbackrest --type=full backup: posix repository and S3 repository,
+//     compress-type=zst, process-max=2, start-fast=y, archive-check=n (no
+//     WAL either).
+//   - barman-cloud-backup --immediate-checkpoint to MinIO, compressed with
+//     -barman-compression (gzip by default: Debian 12's barman 3.4 offers
+//     gzip, bzip2 and snappy, no zstd, and its snappy fails, since Debian's
+//     python3-snappy 0.5.3 breaks on Python 3.11), 2 upload jobs (its
+//     default); it reads the data directory itself, as pgBackRest does, and
+//     stores no WAL.
 //   - a floor for reference: pg_basebackup -Ft -X none -D - into /dev/null,
 //     the bare BASE_BACKUP stream with nothing compressed or stored.
 //
 // Columns: wall seconds; CPU seconds (user+sys) of the tool's process and
 // the children it waited for, from rusage; the CPU PostgreSQL spent in the
 // same time (walsenders, backends, checkpointer: every postgres process,
-// from /proc; it is not part of the tool's CPU) and, for the MinIO run,
+// from /proc; it is not part of the tool's CPU) and, for the MinIO runs,
 // MinIO's; peak RSS of the largest process (rusage) and the peak sum over
 // the tool's process tree (sampled every 20 ms: pgBackRest runs a process
-// per process-max); stored bytes (file sizes summed, or object sizes in the
-// bucket) that the run added. Each tool runs -rounds times, in a rotated
-// order each round, and the summary is the median of each column.
+// per process-max, barman an uploader per job); stored bytes (file sizes
+// summed, or object sizes in the bucket) that the run added. Each tool runs
+// -rounds times, in a rotated order each round (barman-cloud-backup only in
+// the first -barman-backup-rounds: its gzip, level 9 in one Python
+// process, takes minutes at scale 100), and the summary is the median of
+// each column.
 //
 // Everything it starts is stopped, and its temporary directories removed,
 // on failure and on SIGINT or SIGTERM too.
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
-	mgo "github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
-
+	"github.com/walship/walship/bench/internal/benchenv"
 	"github.com/walship/walship/internal/miniotest"
 )
 
 const (
-	pgBin  = "/usr/lib/postgresql/15/bin"
-	clkTck = 100 // USER_HZ, the unit of CPU times in /proc/PID/stat
-	mib    = 1 << 20
+	pgBin = benchenv.PgBin
+	mib   = benchenv.MiB
 )
 
+// options are the command line's.
+type options struct {
+	scale, rounds, segments      int
+	barmanRounds, barmanSegments int
+	walship, compression         string
+}
+
 func main() {
-	scale := flag.Int("scale", 100, "pgbench scale of the database backed up (100 is about 1.5 GB)")
-	walship := flag.String("walship", "bin/walship", "walship binary (make build)")
-	rounds := flag.Int("rounds", 3, "backups and restores per tool, in a rotated order each round; the summary is the median")
-	segments := flag.Int("wal-segments", 32, "16 MB segments fetched one by one in the restore_command comparison (0: skip it)")
+	var o options
+	flag.IntVar(&o.scale, "scale", 100, "pgbench scale of the database backed up (100 is about 1.5 GB)")
+	flag.StringVar(&o.walship, "walship", "bin/walship", "walship binary (make build)")
+	flag.IntVar(&o.rounds, "rounds", 3, "backups and restores per tool, in a rotated order each round; the summary is the median")
+	flag.IntVar(&o.segments, "wal-segments", 32, "16 MB segments fetched one by one in the restore_command comparison (0: skip it)")
+	flag.IntVar(&o.barmanRounds, "barman-backup-rounds", 1, "rounds barman-cloud-backup takes part in (its gzip takes minutes at scale 100); 0: all")
+	flag.IntVar(&o.barmanSegments, "barman-wal-segments", 8, "of those segments, how many barman-cloud-wal-archive archives and barman-cloud-wal-restore fetches (0: all)")
+	flag.StringVar(&o.compression, "barman-compression", "gzip", "barman-cloud's compression: gzip, bzip2, snappy or none (Debian 12's python3-snappy fails on Python 3.11)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *scale, *walship, max(*rounds, 1), *segments); err != nil {
+	if o.compression == "none" {
+		o.compression = ""
+	}
+	o.rounds = max(o.rounds, 1)
+	start := time.Now()
+	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "backup:", err)
 		os.Exit(1)
 	}
+	fmt.Printf("\nbench/backup took %.0f s\n", time.Since(start).Seconds())
 }
 
 // tool is one backup under test.
 type tool struct {
 	name    string
+	short   string // the column head in the ratios
 	args    []string
 	stored  func() (int64, error) // bytes its storage holds; nil: stores nothing
 	minio   bool                  // it writes to MinIO, whose CPU counts
 	discard bool                  // stdout to /dev/null
+	rounds  int                   // it runs in this many first rounds only; 0: in every round
 }
 
 // result is one timed backup.
 type result struct {
-	wall, cpu, pgCPU, minioCPU float64 // seconds
-	maxRSS, treeRSS, stored    int64   // bytes; stored < 0: not applicable
+	benchenv.Usage
+	pgCPU, minioCPU float64 // seconds
+	stored          int64   // bytes; < 0: not applicable
 }
 
-// The first four tools, by index; the ratios compare them.
-const walshipFile, walshipS3, basebackup, pgBackRest = 0, 1, 2, 3
+// env is what the benchmarks share.
+type env struct {
+	ctx      context.Context
+	vars     []string // the children's environment: MinIO's credentials and CA
+	work     string
+	walship  string
+	pg       *benchenv.Cluster
+	minio    *benchenv.MinIO
+	fileRepo string // walship's file repository (a directory)
+	s3Repo   string // walship's repository on MinIO (a URL)
+	rest     pgBackRest
+	barman   benchenv.Barman
+}
 
-func run(ctx context.Context, scale int, walship string, rounds, segments int) error {
-	walship, err := filepath.Abs(walship)
+// The tools of the backup comparison, by index; the ratios compare them.
+const walshipFile, walshipS3, basebackup, restPosix, restS3, barman, floor = 0, 1, 2, 3, 4, 5, 6
+
+func run(ctx context.Context, o options) error {
+	scale, rounds, compression := o.scale, o.rounds, o.compression
+	walship, err := filepath.Abs(o.walship)
 	if err != nil {
 		return err
 	}
 	if _, err := os.Stat(walship); err != nil {
 		return fmt.Errorf("%w: build it with make build", err)
 	}
-	if err := ensurePgBackRest(ctx); err != nil {
+	if err := benchenv.EnsurePackages(ctx, "pgbackrest", "pgbackrest"); err != nil {
 		return err
 	}
-	work, err := os.MkdirTemp("", "walship-bench-backup-")
+	if err := benchenv.EnsurePackages(ctx, "zstd", "zstd"); err != nil {
+		return err
+	}
+	if err := benchenv.EnsureBarman(ctx, compression); err != nil {
+		return err
+	}
+	work, err := benchenv.WorkDir(ctx, "walship-bench-backup-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(work)
-	if err := sh(ctx, "chown", "postgres", work); err != nil {
-		return err
-	}
-	data := filepath.Join(work, "data")
-	if err := asPostgres(ctx, pgBin+"/initdb", "-D", data, "--wal-segsize=16", "-N", "-A", "trust", "-U", "postgres"); err != nil {
-		return err
-	}
 	// PostgreSQL 15's defaults stream WAL (wal_level replica, 10 senders
 	// and slots); no checkpoint of its own comes between the tools.
-	opts := fmt.Sprintf("-c listen_addresses='' -c unix_socket_directories=%s -c max_wal_size=16GB -c checkpoint_timeout=1h", work)
-	if err := asPostgres(ctx, pgBin+"/pg_ctl", "-D", data, "-l", filepath.Join(work, "pg.log"), "-o", opts, "-w", "start"); err != nil {
-		return err
-	}
-	// Not under ctx: it must run after an interrupt too.
-	defer exec.Command("runuser", "-u", "postgres", "--", pgBin+"/pg_ctl", "-D", data, "-m", "immediate", "stop").Run()
-	postmaster, err := readPid(filepath.Join(data, "postmaster.pid"))
+	pg, err := benchenv.StartCluster(ctx, work, "max_wal_size = 16GB\ncheckpoint_timeout = 1h\n")
 	if err != nil {
 		return err
 	}
-	conn := fmt.Sprintf("host=%s port=5432 user=postgres dbname=postgres", work)
+	defer pg.Stop()
 
 	fmt.Printf("loading: pgbench -i -s %d (synchronous_commit off for the load; fsync on)\n", scale)
 	t0 := time.Now()
-	load := command(ctx, append(os.Environ(), "PGOPTIONS=-c synchronous_commit=off"),
-		[]string{pgBin + "/pgbench", "-i", "-q", "-s", strconv.Itoa(scale), "-d", conn})
+	load := benchenv.Command(ctx, append(os.Environ(), "PGOPTIONS=-c synchronous_commit=off"),
+		[]string{pgBin + "/pgbench", "-i", "-q", "-s", strconv.Itoa(scale), "-d", pg.Conn})
 	load.Stdout, load.Stderr = os.Stderr, os.Stderr
 	if err := load.Run(); err != nil {
 		return fmt.Errorf("pgbench -i: %w", err)
 	}
-	if _, err := capture(ctx, nil, pgBin+"/psql", "-d", conn, "-Atqc", "CHECKPOINT"); err != nil {
-		return fmt.Errorf("checkpoint: %w", err)
+	if _, err := pg.Psql(ctx, "CHECKPOINT"); err != nil {
+		return err
 	}
 	fmt.Printf("loaded in %.0f s\n\n", time.Since(t0).Seconds())
-	out, err := capture(ctx, nil, pgBin+"/psql", "-d", conn, "-Atqc", "SELECT pg_database_size(current_database())")
+	out, err := pg.Psql(ctx, "SELECT pg_database_size(current_database())")
 	if err != nil {
 		return err
 	}
-	dbBytes, _ := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
-	dataBytes, err := dirBytes(data)
+	dbBytes, _ := strconv.ParseInt(out, 10, 64)
+	dataBytes, err := benchenv.DirBytes(pg.Data)
 	if err != nil {
 		return err
 	}
 
-	srv, err := miniotest.New()
+	mn, err := benchenv.StartMinIO(ctx, work, "bench")
 	if err != nil {
 		return err
 	}
-	defer srv.Stop()
-	mc, err := mgo.New(srv.Endpoint, &mgo.Options{Creds: credentials.NewStaticV4(srv.AccessKey, srv.SecretKey, "")})
-	if err != nil {
-		return err
-	}
-	if err := mc.MakeBucket(ctx, "bench", mgo.MakeBucketOptions{}); err != nil {
-		return err
-	}
-	minioPid := childNamed(os.Getpid(), "minio")
-	env := append(os.Environ(), "AWS_ACCESS_KEY_ID="+srv.AccessKey, "AWS_SECRET_ACCESS_KEY="+srv.SecretKey, "AWS_REGION=us-east-1")
-
-	pgbackrest, restRepo, err := setupPgBackRest(ctx, work, data)
-	if err != nil {
+	defer mn.Stop()
+	e := &env{ctx: ctx, vars: append(os.Environ(), mn.Env()...), work: work, walship: walship, pg: pg, minio: mn,
+		fileRepo: filepath.Join(work, "walship-repo"), s3Repo: "s3://bench/pg?endpoint=" + mn.URL(),
+		barman: benchenv.Barman{URL: "s3://bench/barman", Server: "bench", Endpoint: mn.URL(), Compression: compression}}
+	if e.rest, err = setupPgBackRest(ctx, work, pg, mn); err != nil {
 		return err
 	}
 	// walship: one repository per store, each with its own slot, created
 	// and caught up before timing.
-	fileRepo := filepath.Join(work, "walship-repo")
-	s3Repo := "s3://bench/pg?endpoint=" + srv.URL()
-	for _, r := range []struct{ repo, slot string }{{"file://" + fileRepo, "walship_file"}, {s3Repo, "walship_s3"}} {
-		if _, err := capture(ctx, env, walship, "--repo", r.repo, "archive", "--pg", conn, "--slot", r.slot, "--until-caught-up"); err != nil {
+	for _, r := range []struct{ repo, slot string }{{"file://" + e.fileRepo, "walship_file"}, {e.s3Repo, "walship_s3"}} {
+		if _, err := benchenv.Capture(ctx, e.vars, walship, "--repo", r.repo, "archive", "--pg", pg.Conn, "--slot", r.slot, "--until-caught-up"); err != nil {
 			return fmt.Errorf("walship archive --until-caught-up to %s: %w", r.repo, err)
 		}
 	}
@@ -195,38 +222,57 @@ func run(ctx context.Context, scale int, walship string, rounds, segments int) e
 	tools := []tool{
 		walshipFile: {
 			name:   "walship, file repository",
-			args:   []string{walship, "--repo", "file://" + fileRepo, "backup", "--fast", "--pg", conn, "--slot", "walship_file"},
-			stored: func() (int64, error) { return dirBytes(fileRepo) },
+			args:   []string{walship, "--repo", "file://" + e.fileRepo, "backup", "--fast", "--pg", pg.Conn, "--slot", "walship_file"},
+			stored: func() (int64, error) { return benchenv.DirBytes(e.fileRepo) },
 		},
 		walshipS3: {
 			name:   "walship, MinIO (s3)",
-			args:   []string{walship, "--repo", s3Repo, "backup", "--fast", "--pg", conn, "--slot", "walship_s3"},
-			stored: func() (int64, error) { return bucketBytes(ctx, mc, "bench", "pg/") },
+			args:   []string{walship, "--repo", e.s3Repo, "backup", "--fast", "--pg", pg.Conn, "--slot", "walship_s3"},
+			stored: func() (int64, error) { return mn.Bytes(ctx, "pg/") },
 			minio:  true,
 		},
 		basebackup: {
 			name:   "pg_basebackup -Ft client-zstd",
-			args:   []string{pgBin + "/pg_basebackup", "-D", bbDir, "-Ft", "--compress=client-zstd", "-X", "none", "--checkpoint=fast", "-d", conn},
-			stored: func() (int64, error) { return dirBytes(bbDir) },
+			short:  "pg_basebackup",
+			args:   []string{pgBin + "/pg_basebackup", "-D", bbDir, "-Ft", "--compress=client-zstd", "-X", "none", "--checkpoint=fast", "-d", pg.Conn},
+			stored: func() (int64, error) { return benchenv.DirBytes(bbDir) },
 		},
-		pgBackRest: {
-			name:   "pgBackRest full, zst, process-max=2",
-			args:   append(slices.Clone(pgbackrest), "--type=full", "backup"),
-			stored: func() (int64, error) { return dirBytes(restRepo) },
+		restPosix: {
+			name:   "pgBackRest full, posix, zst, 2 procs",
+			short:  "pgBackRest posix",
+			args:   e.rest.posix("--type=full", "backup"),
+			stored: func() (int64, error) { return benchenv.DirBytes(e.rest.posixRepo) },
 		},
-		{
+		restS3: {
+			name:   "pgBackRest full, MinIO, zst, 2 procs",
+			short:  "pgBackRest MinIO",
+			args:   e.rest.s3("--type=full", "backup"),
+			stored: func() (int64, error) { return mn.Bytes(ctx, "pgbackrest/") },
+			minio:  true,
+		},
+		barman: {
+			name:   "barman-cloud-backup, MinIO, " + orNone(compression),
+			short:  "barman-cloud",
+			args:   e.barman.Backup(pg),
+			stored: func() (int64, error) { return mn.Bytes(ctx, "barman/") },
+			minio:  true,
+			rounds: o.barmanRounds,
+		},
+		floor: {
 			name:    "floor: pg_basebackup -Ft -D - >/dev/null",
-			args:    []string{pgBin + "/pg_basebackup", "-D", "-", "-Ft", "-X", "none", "--checkpoint=fast", "-d", conn},
+			args:    []string{pgBin + "/pg_basebackup", "-D", "-", "-Ft", "-X", "none", "--checkpoint=fast", "-d", pg.Conn},
 			discard: true,
 		},
 	}
 
-	fmt.Printf("machine: %s\n", machine())
+	fmt.Printf("machine: %s\n", benchenv.Machine())
 	minioBin, _ := miniotest.Binary()
-	for _, v := range [][]string{{walship, "--version"}, {pgBin + "/postgres", "--version"}, {"pgbackrest", "version"}, {minioBin, "--version"}} {
-		fmt.Printf("%s: %s\n", filepath.Base(v[0]), version(ctx, v...))
+	for _, v := range [][]string{{walship, "--version"}, {pgBin + "/postgres", "--version"}, {"pgbackrest", "version"}, {"barman-cloud-backup", "--version"}, {minioBin, "--version"}} {
+		fmt.Printf("%s: %s\n", filepath.Base(v[0]), benchenv.Version(ctx, v...))
 	}
+	fmt.Printf("python3-boto3: %s\n", benchenv.PackageVersion(ctx, "python3-boto3"))
 	fmt.Printf("database: pg_database_size %.0f MiB, data directory %.0f MiB (pg_wal included)\n", float64(dbBytes)/mib, float64(dataBytes)/mib)
+	fmt.Printf("MinIO at %s (HTTPS, a CA of this run's)\n", mn.URL())
 	fmt.Printf("CPU s is the tool's own (user+sys, rusage); PostgreSQL's (the walsender's) is the PG CPU column, not in it.\n\n")
 
 	results := make([][]result, len(tools))
@@ -234,7 +280,10 @@ func run(ctx context.Context, scale int, walship string, rounds, segments int) e
 	for round := range rounds {
 		for k := range tools {
 			i := (k + round) % len(tools)
-			res, err := measure(ctx, env, tools[i], postmaster, minioPid)
+			if tools[i].rounds > 0 && round >= tools[i].rounds {
+				continue
+			}
+			res, err := e.measure(tools[i])
 			if err != nil {
 				return fmt.Errorf("%s: %w", tools[i].name, err)
 			}
@@ -247,36 +296,49 @@ func run(ctx context.Context, scale int, walship string, rounds, segments int) e
 	}
 	med := medians(tools, results)
 	fmt.Printf("\nwalship's wall time / the peer's (below 1: walship is faster)\n")
-	fmt.Printf("%-26s %16s %16s\n", "", "pg_basebackup", "pgBackRest")
-	for _, i := range []int{walshipFile, walshipS3} {
-		fmt.Printf("%-26s %16.2f %16.2f\n", tools[i].name, med[i].wall/med[basebackup].wall, med[i].wall/med[pgBackRest].wall)
-	}
-	if err := restoreBench(ctx, env, work, walship, fileRepo, s3Repo, pgbackrest, conn, rounds); err != nil {
+	printRatios(tools, med, []int{walshipFile, walshipS3}, []int{basebackup, restPosix, restS3, barman})
+	if err := e.restoreBench(rounds); err != nil {
 		return err
 	}
-	if err := coldStartBench(ctx, env, work, walship, fileRepo, s3Repo, conn); err != nil {
+	if err := e.coldStartBench(); err != nil {
 		return err
 	}
-	if segments > 0 {
-		return walFetchBench(ctx, env, work, data, walship, fileRepo, pgbackrest, conn, segments)
+	if o.segments > 0 {
+		return e.walFetchBench(o.segments, o.barmanSegments)
 	}
 	return nil
 }
 
-// setupPgBackRest writes a config file with the stanza "bench" and creates
-// the stanza, everything owned by postgres. It returns the command prefix
-// that runs pgBackRest on the stanza, and the repository's directory.
-func setupPgBackRest(ctx context.Context, work, data string) ([]string, string, error) {
-	dir := filepath.Join(work, "pgbackrest")
-	if err := sh(ctx, "install", "-d", "-o", "postgres", "-g", "postgres", "-m", "0700", dir, dir+"/repo", dir+"/log", dir+"/lock"); err != nil {
-		return nil, "", err
+func orNone(compression string) string {
+	if compression == "" {
+		return "uncompressed"
 	}
-	conf := filepath.Join(dir, "pgbackrest.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, `[global]
-repo1-type=posix
-repo1-path=%[1]s/repo
-repo1-retention-full=9999
-log-path=%[1]s/log
+	return compression
+}
+
+// pgBackRest runs pgBackRest on the stanza "bench" with one of two
+// configurations: a posix repository, or an S3 repository on the run's
+// MinIO.
+type pgBackRest struct {
+	posixConf, s3Conf string
+	posixRepo         string // the posix repository's directory
+}
+
+func (p pgBackRest) posix(args ...string) []string { return p.command(p.posixConf, args) }
+func (p pgBackRest) s3(args ...string) []string    { return p.command(p.s3Conf, args) }
+
+func (p pgBackRest) command(conf string, args []string) []string {
+	return benchenv.AsPostgres(append([]string{"pgbackrest", "--config=" + conf, "--stanza=bench"}, args...)...)
+}
+
+// setupPgBackRest writes the two configuration files and creates the
+// stanza in both repositories, everything owned by postgres.
+func setupPgBackRest(ctx context.Context, work string, pg *benchenv.Cluster, mn *benchenv.MinIO) (pgBackRest, error) {
+	dir := filepath.Join(work, "pgbackrest")
+	if err := benchenv.Sh(ctx, "install", "-d", "-o", "postgres", "-g", "postgres", "-m", "0700", dir, dir+"/repo", dir+"/log", dir+"/lock"); err != nil {
+		return pgBackRest{}, err
+	}
+	common := fmt.Sprintf(`log-path=%[1]s/log
 lock-path=%[1]s/lock
 log-level-console=warn
 log-level-file=info
@@ -289,18 +351,41 @@ archive-check=n
 pg1-path=%[2]s
 pg1-socket-path=%[3]s
 pg1-port=5432
-`, dir, data, work), 0o644); err != nil {
-		return nil, "", err
+`, dir, pg.Data, pg.Work)
+	p := pgBackRest{posixConf: filepath.Join(dir, "posix.conf"), s3Conf: filepath.Join(dir, "s3.conf"), posixRepo: dir + "/repo"}
+	posix := fmt.Sprintf("[global]\nrepo1-type=posix\nrepo1-path=%s/repo\nrepo1-retention-full=9999\n", dir)
+	// localhost, not 127.0.0.1: pgBackRest checks the certificate's DNS
+	// names only.
+	port := mn.Endpoint()[len("127.0.0.1:"):]
+	s3 := fmt.Sprintf(`[global]
+repo1-type=s3
+repo1-path=/pgbackrest
+repo1-retention-full=9999
+repo1-s3-bucket=%s
+repo1-s3-endpoint=localhost
+repo1-storage-port=%s
+repo1-s3-region=us-east-1
+repo1-s3-uri-style=path
+repo1-s3-key=%s
+repo1-s3-key-secret=%s
+repo1-storage-ca-file=%s
+`, mn.Bucket, port, mn.AccessKey(), mn.SecretKey(), mn.CAFile)
+	for _, c := range []struct{ path, text string }{{p.posixConf, posix + common}, {p.s3Conf, s3 + common}} {
+		if err := os.WriteFile(c.path, []byte(c.text), 0o600); err != nil {
+			return pgBackRest{}, err
+		}
+		if err := benchenv.Sh(ctx, "chown", "postgres", c.path); err != nil {
+			return pgBackRest{}, err
+		}
+		if _, err := benchenv.Capture(ctx, nil, p.command(c.path, []string{"stanza-create"})...); err != nil {
+			return pgBackRest{}, fmt.Errorf("pgbackrest stanza-create (%s): %w", filepath.Base(c.path), err)
+		}
 	}
-	cmd := []string{"runuser", "-u", "postgres", "--", "pgbackrest", "--config=" + conf, "--stanza=bench"}
-	if _, err := capture(ctx, nil, append(slices.Clone(cmd), "stanza-create")...); err != nil {
-		return nil, "", fmt.Errorf("pgbackrest stanza-create: %w", err)
-	}
-	return cmd, dir + "/repo", nil
+	return p, nil
 }
 
 // measure times one backup and what it stored.
-func measure(ctx context.Context, env []string, t tool, postmaster, minioPid int) (result, error) {
+func (e *env) measure(t tool) (result, error) {
 	var before int64
 	if t.stored != nil {
 		n, err := t.stored()
@@ -309,20 +394,19 @@ func measure(ctx context.Context, env []string, t tool, postmaster, minioPid int
 		}
 		before = n
 	}
-	pg0, mn0 := pgCPU(postmaster), procCPU(minioPid, false)
-	res, out, err := timed(ctx, env, t.args, t.discard)
-	if ctx.Err() != nil {
-		return result{}, ctx.Err()
+	pg0, mn0 := e.pg.CPU(), e.minio.CPU()
+	u, out, err := benchenv.Timed(e.ctx, e.vars, t.args, t.discard)
+	if e.ctx.Err() != nil {
+		return result{}, e.ctx.Err()
 	}
 	if err != nil {
 		return result{}, fmt.Errorf("%w\n%s", err, out)
 	}
 	time.Sleep(300 * time.Millisecond) // let the postmaster reap the walsender
-	res.pgCPU = pgCPU(postmaster) - pg0
+	res := result{Usage: u, pgCPU: e.pg.CPU() - pg0, stored: -1}
 	if t.minio {
-		res.minioCPU = procCPU(minioPid, false) - mn0
+		res.minioCPU = e.minio.CPU() - mn0
 	}
-	res.stored = -1
 	if t.stored != nil {
 		after, err := t.stored()
 		if err != nil {
@@ -332,53 +416,6 @@ func measure(ctx context.Context, env []string, t tool, postmaster, minioPid int
 	}
 	return res, nil
 }
-
-// timed runs args in a process group of its own, sampling the summed RSS of
-// its process tree, and returns wall and CPU seconds and peak RSS, with the
-// combined output for when it fails.
-func timed(ctx context.Context, env, args []string, discard bool) (result, []byte, error) {
-	cmd := command(ctx, env, args)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if discard {
-		cmd.Stdout = nil // the null device
-	}
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return result{}, nil, err
-	}
-	done := make(chan struct{})
-	sampled := make(chan int64, 1)
-	go func() {
-		var peak int64
-		defer func() { sampled <- peak }()
-		for {
-			peak = max(peak, treeRSS(cmd.Process.Pid))
-			select {
-			case <-done:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-	}()
-	err := cmd.Wait()
-	res := result{wall: time.Since(start).Seconds()}
-	close(done)
-	res.treeRSS = <-sampled
-	if err != nil {
-		return result{}, out.Bytes(), err
-	}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		// wait4 reports the child and the descendants it waited for;
-		// ru_maxrss is the largest of them, in KiB.
-		res.cpu = seconds(ru.Utime) + seconds(ru.Stime)
-		res.maxRSS = ru.Maxrss * 1024
-	}
-	res.treeRSS = max(res.treeRSS, res.maxRSS)
-	return res, out.Bytes(), nil
-}
-
-func seconds(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
 
 func printHeader() {
 	fmt.Printf("%-42s %7s %7s %7s %9s %10s %10s %11s\n", "run", "wall s", "CPU s", "PG CPU", "MinIO CPU", "peak RSS", "tree RSS", "stored")
@@ -392,8 +429,25 @@ func printRow(name string, r result) {
 	if r.stored >= 0 {
 		stored = fmt.Sprintf("%.1f MiB", float64(r.stored)/mib)
 	}
-	fmt.Printf("%-42s %7.2f %7.2f %7.2f %9s %6.1f MiB %6.1f MiB %11s\n", name, r.wall, r.cpu, r.pgCPU, minio,
-		float64(r.maxRSS)/mib, float64(r.treeRSS)/mib, stored)
+	fmt.Printf("%-42s %7.2f %7.2f %7.2f %9s %6.1f MiB %6.1f MiB %11s\n", name, r.Wall, r.CPU, r.pgCPU, minio,
+		float64(r.MaxRSS)/mib, float64(r.TreeRSS)/mib, stored)
+}
+
+// printRatios prints a table of med[row].Wall / med[col].Wall, walship's
+// runs against the peers'.
+func printRatios(tools []tool, med []result, rows, cols []int) {
+	fmt.Printf("%-36s", "")
+	for _, c := range cols {
+		fmt.Printf(" %18s", tools[c].short)
+	}
+	fmt.Println()
+	for _, r := range rows {
+		fmt.Printf("%-36s", tools[r].name)
+		for _, c := range cols {
+			fmt.Printf(" %18.2f", med[r].Wall/med[c].Wall)
+		}
+		fmt.Println()
+	}
 }
 
 // medians is each tool's median result, printed when there was more than
@@ -427,93 +481,14 @@ func median(rs []result) result {
 		return (v[len(v)/2-1] + v[len(v)/2]) / 2
 	}
 	return result{
-		wall:     m(func(r result) float64 { return r.wall }),
-		cpu:      m(func(r result) float64 { return r.cpu }),
+		Usage: benchenv.Usage{
+			Wall:    m(func(r result) float64 { return r.Wall }),
+			CPU:     m(func(r result) float64 { return r.CPU }),
+			MaxRSS:  int64(m(func(r result) float64 { return float64(r.MaxRSS) })),
+			TreeRSS: int64(m(func(r result) float64 { return float64(r.TreeRSS) })),
+		},
 		pgCPU:    m(func(r result) float64 { return r.pgCPU }),
 		minioCPU: m(func(r result) float64 { return r.minioCPU }),
-		maxRSS:   int64(m(func(r result) float64 { return float64(r.maxRSS) })),
-		treeRSS:  int64(m(func(r result) float64 { return float64(r.treeRSS) })),
 		stored:   int64(m(func(r result) float64 { return float64(r.stored) })),
 	}
-}
-
-// ensurePgBackRest installs Debian's pgbackrest when it is not on PATH.
-func ensurePgBackRest(ctx context.Context) error {
-	return ensurePackage(ctx, "pgbackrest", "pgbackrest")
-}
-
-// dirBytes sums the sizes of the regular files under dir.
-func dirBytes(dir string) (int64, error) {
-	var n int64
-	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		n += info.Size()
-		return nil
-	})
-	return n, err
-}
-
-// bucketBytes sums the sizes of the objects under prefix.
-func bucketBytes(ctx context.Context, mc *mgo.Client, bucket, prefix string) (int64, error) {
-	var n int64
-	for o := range mc.ListObjects(ctx, bucket, mgo.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
-		if o.Err != nil {
-			return 0, fmt.Errorf("list %s/%s: %w", bucket, prefix, o.Err)
-		}
-		n += o.Size
-	}
-	return n, nil
-}
-
-func machine() string {
-	ram := float64(kB(procValue("/proc/meminfo", "MemTotal"))) / (1 << 30)
-	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	return fmt.Sprintf("%d CPUs (%s), %.1f GiB RAM, Linux %s, %s", runtime.NumCPU(), procValue("/proc/cpuinfo", "model name"),
-		ram, strings.TrimSpace(string(kernel)), runtime.Version())
-}
-
-func version(ctx context.Context, args ...string) string {
-	out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		return "unknown (" + err.Error() + ")"
-	}
-	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
-	return line
-}
-
-// command builds a child in a process group of its own, killed whole when
-// ctx ends (pgBackRest's workers included).
-func command(ctx context.Context, env, args []string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 5 * time.Second
-	return cmd
-}
-
-// capture runs args and returns their combined output, also in the error
-// when they fail.
-func capture(ctx context.Context, env []string, args ...string) ([]byte, error) {
-	out, err := command(ctx, env, args).CombinedOutput()
-	if err != nil {
-		return out, fmt.Errorf("%w\n%s", err, out)
-	}
-	return out, nil
-}
-
-func sh(ctx context.Context, name string, args ...string) error {
-	cmd := command(ctx, nil, append([]string{name}, args...))
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	return cmd.Run()
-}
-
-func asPostgres(ctx context.Context, name string, args ...string) error {
-	return sh(ctx, "runuser", append([]string{"-u", "postgres", "--", name}, args...)...)
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/walship/walship/bench/internal/benchenv"
 	"github.com/walship/walship/restore"
 )
 
@@ -21,7 +21,9 @@ import (
 //   - walship restore from the file repository and from MinIO (latest
 //     target: planning, download, zstd, tar extraction, fsync, recovery
 //     settings);
-//   - pgbackrest restore (posix repository, process-max=2, zst);
+//   - pgbackrest restore from the posix repository and from MinIO
+//     (process-max=2, zst);
+//   - barman-cloud-restore from MinIO, then sync (it writes without fsync);
 //   - zstd -dc base.tar.zst | tar -x of pg_basebackup's output, then sync:
 //     the bare unpacking of a compressed tar, for reference;
 //   - walship restore from the file repository one archive part at a time,
@@ -29,24 +31,28 @@ import (
 //
 // Nothing is started on the restored directories: this is the time to
 // recreate the data directory; WAL replay is PostgreSQL's either way.
-func restoreBench(ctx context.Context, env []string, work, walship, fileRepo, s3Repo string, pgbackrest []string, conn string, rounds int) error {
-	if err := ensurePackage(ctx, "zstd", "zstd"); err != nil {
-		return err
-	}
-	bbKeep := filepath.Join(work, "pg_basebackup-kept")
-	if _, err := capture(ctx, nil, pgBin+"/pg_basebackup", "-D", bbKeep, "-Ft", "--compress=client-zstd", "-X", "none", "--checkpoint=fast", "-d", conn); err != nil {
+func (e *env) restoreBench(rounds int) error {
+	ctx := e.ctx
+	bbKeep := filepath.Join(e.work, "pg_basebackup-kept")
+	if _, err := benchenv.Capture(ctx, nil, pgBin+"/pg_basebackup", "-D", bbKeep, "-Ft", "--compress=client-zstd", "-X", "none", "--checkpoint=fast", "-d", e.pg.Conn); err != nil {
 		return fmt.Errorf("pg_basebackup for the unpacking run: %w", err)
 	}
-	target := filepath.Join(work, "restored")
-	tools := []tool{
-		{name: "walship restore, file repository", args: []string{walship, "--repo", "file://" + fileRepo, "restore", "--target-dir", target}},
-		{name: "walship restore, MinIO (s3)", args: []string{walship, "--repo", s3Repo, "restore", "--target-dir", target}, minio: true},
-		{name: "pgbackrest restore, process-max=2", args: append(slices.Clone(pgbackrest), "--pg1-path="+target, "restore")},
-		{name: "zstd -dc | tar -x of pg_basebackup, sync", args: []string{"sh", "-c", fmt.Sprintf("zstd -dcq %s/base.tar.zst | tar -xf - -C %s && sync", bbKeep, target)}},
-		{name: "walship restore --parallel 1, file", args: []string{walship, "--repo", "file://" + fileRepo, "restore", "--parallel", "1", "--target-dir", target}},
+	barmanID, err := e.barman.Newest(ctx, e.vars)
+	if err != nil {
+		return err
 	}
-	const walshipFile, walshipS3, rest, untar, walshipSerial = 0, 1, 2, 3, 4
-	fmt.Printf("\nrestore of the newest backup into an empty directory\n")
+	target := filepath.Join(e.work, "restored")
+	const walshipFile, walshipS3, restPosix, restS3, barman, untar, walshipSerial = 0, 1, 2, 3, 4, 5, 6
+	tools := []tool{
+		walshipFile:   {name: "walship restore, file repository", args: []string{e.walship, "--repo", "file://" + e.fileRepo, "restore", "--target-dir", target}},
+		walshipS3:     {name: "walship restore, MinIO (s3)", args: []string{e.walship, "--repo", e.s3Repo, "restore", "--target-dir", target}, minio: true},
+		restPosix:     {name: "pgbackrest restore, posix, 2 procs", short: "pgBackRest posix", args: e.rest.posix("--pg1-path="+target, "restore")},
+		restS3:        {name: "pgbackrest restore, MinIO, 2 procs", short: "pgBackRest MinIO", args: e.rest.s3("--pg1-path="+target, "restore"), minio: true},
+		barman:        {name: "barman-cloud-restore, MinIO, then sync", short: "barman-cloud", args: []string{"sh", "-c", shellJoin(e.barman.Restore(barmanID, target)) + " && sync"}, minio: true},
+		untar:         {name: "zstd -dc | tar -x of pg_basebackup, sync", short: "zstd | tar", args: []string{"sh", "-c", fmt.Sprintf("zstd -dcq %s/base.tar.zst | tar -xf - -C %s && sync", bbKeep, target)}},
+		walshipSerial: {name: "walship restore --parallel 1, file", args: []string{e.walship, "--repo", "file://" + e.fileRepo, "restore", "--parallel", "1", "--target-dir", target}},
+	}
+	fmt.Printf("\nrestore of the newest backup into an empty directory (barman's: %s)\n", barmanID)
 	printHeader()
 	results := make([][]result, len(tools))
 	for round := range rounds {
@@ -55,17 +61,16 @@ func restoreBench(ctx context.Context, env []string, work, walship, fileRepo, s3
 			if err := os.RemoveAll(target); err != nil {
 				return err
 			}
-			if i == untar || i == rest {
+			if i == untar || i == restPosix || i == restS3 {
 				// pgBackRest runs as postgres; tar needs the directory.
-				if err := sh(ctx, "install", "-d", "-o", "postgres", "-g", "postgres", "-m", "0700", target); err != nil {
+				if err := benchenv.Sh(ctx, "install", "-d", "-o", "postgres", "-g", "postgres", "-m", "0700", target); err != nil {
 					return err
 				}
 			}
-			res, out, err := timed(ctx, env, tools[i].args, false)
+			res, err := e.measure(tools[i])
 			if err != nil {
-				return fmt.Errorf("%s: %w\n%s", tools[i].name, err, out)
+				return fmt.Errorf("%s: %w", tools[i].name, err)
 			}
-			res.stored = -1
 			results[i] = append(results[i], res)
 			printRow(tools[i].name, res)
 		}
@@ -73,48 +78,57 @@ func restoreBench(ctx context.Context, env []string, work, walship, fileRepo, s3
 	_ = os.RemoveAll(target)
 	med := medians(tools, results)
 	fmt.Printf("\nwalship's restore time / the peer's (below 1: walship is faster)\n")
-	fmt.Printf("%-34s %18s %18s\n", "", "pgbackrest restore", "zstd | tar")
-	for _, i := range []int{walshipFile, walshipS3, walshipSerial} {
-		fmt.Printf("%-34s %18.2f %18.2f\n", tools[i].name, med[i].wall/med[rest].wall, med[i].wall/med[untar].wall)
-	}
+	printRatios(tools, med, []int{walshipFile, walshipS3, walshipSerial}, []int{restPosix, restS3, barman, untar})
 	return nil
 }
 
-// walFetchBench generates segments of WAL, archives them with walship and
-// pgBackRest, and times restore_command for each segment in order, as
-// recovery calls it, with a pause between calls standing for replay: the
-// restore_command walship restore writes (a spooled segment is renamed by
-// the shell; otherwise wal-fetch, whose keeper prefetches), wal-fetch without
-// prefetch, and pgbackrest archive-get. It prints the mean and 95th percentile per segment.
-func walFetchBench(ctx context.Context, env []string, work, data, walship, fileRepo string, pgbackrest []string, conn string, segments int) error {
-	psql := func(sql string) (string, error) {
-		out, err := capture(ctx, nil, pgBin+"/psql", "-d", conn, "-Atqc", sql)
-		return strings.TrimSpace(string(out)), err
+// shellJoin quotes args for sh -c.
+func shellJoin(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
 	}
-	first, err := psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+	return strings.Join(q, " ")
+}
+
+// walFetchBench generates segments of WAL, archives them with walship (to
+// both repositories), pgBackRest (archive-push to both) and
+// barman-cloud-wal-archive, and times restore_command for each segment in
+// order, as recovery calls it, with a pause between calls standing for
+// replay: the restore_command walship restore writes (a spooled segment is
+// renamed by the shell; otherwise wal-fetch, whose keeper prefetches),
+// wal-fetch without prefetch, pgbackrest archive-get and
+// barman-cloud-wal-restore (on the first barmanSegments segments only:
+// each of its calls starts Python and boto3, seconds per segment, and its
+// gzip archiving takes seconds more). It prints the mean and 95th
+// percentile per segment, and the peak RSS of the calls (rusage; not of
+// walship's keeper, which runs on its own after the call that starts it).
+func (e *env) walFetchBench(segments, barmanSegments int) error {
+	ctx, pg := e.ctx, e.pg
+	first, err := pg.Psql(ctx, "SELECT pg_walfile_name(pg_current_wal_lsn())")
 	if err != nil {
 		return err
 	}
 	// About segments × 16 MB of WAL.
 	rows := segments * 16 << 20 / 100
-	if _, err := psql(fmt.Sprintf("CREATE TABLE walgen AS SELECT g, md5(g::text) AS v FROM generate_series(1, %d) g", rows)); err != nil {
+	if _, err := pg.Psql(ctx, fmt.Sprintf("CREATE TABLE walgen AS SELECT g, md5(g::text) AS v FROM generate_series(1, %d) g", rows)); err != nil {
 		return err
 	}
-	last, err := psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+	last, err := pg.Psql(ctx, "SELECT pg_walfile_name(pg_current_wal_lsn())")
 	if err != nil {
 		return err
 	}
-	if _, err := psql("SELECT pg_switch_wal()"); err != nil {
+	if _, err := pg.Psql(ctx, "SELECT pg_switch_wal()"); err != nil {
 		return err
 	}
-	// Every complete segment from first to before last, both archived.
-	entries, err := os.ReadDir(filepath.Join(data, "pg_wal"))
+	// Every complete segment from first to before last, all archived.
+	entries, err := os.ReadDir(filepath.Join(pg.Data, "pg_wal"))
 	if err != nil {
 		return err
 	}
 	var names []string
-	for _, e := range entries {
-		n := e.Name()
+	for _, d := range entries {
+		n := d.Name()
 		if len(n) == 24 && n >= first && n < last {
 			names = append(names, n)
 		}
@@ -123,57 +137,107 @@ func walFetchBench(ctx context.Context, env []string, work, data, walship, fileR
 	if len(names) > segments {
 		names = names[:segments]
 	}
-	for _, n := range names {
-		if _, err := capture(ctx, nil, append(slices.Clone(pgbackrest), "archive-push", filepath.Join(data, "pg_wal", n))...); err != nil {
-			return fmt.Errorf("pgbackrest archive-push %s: %w", n, err)
+	// Untimed: each peer archives the segments in order, the three peers
+	// at once.
+	barmanNames := names
+	if barmanSegments > 0 && len(names) > barmanSegments {
+		barmanNames = names[:barmanSegments]
+	}
+	pushes := []struct {
+		names []string
+		cmd   func(path string) []string
+	}{
+		{names, func(path string) []string { return e.rest.posix("archive-push", path) }},
+		{names, func(path string) []string { return e.rest.s3("archive-push", path) }},
+		{barmanNames, e.barman.WALArchive},
+	}
+	errs := make(chan error, len(pushes))
+	for _, push := range pushes {
+		go func() {
+			for _, n := range push.names {
+				if _, err := benchenv.Capture(ctx, e.vars, push.cmd(filepath.Join(pg.Data, "pg_wal", n))...); err != nil {
+					errs <- fmt.Errorf("archive %s: %w", n, err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	var pushErr error
+	for range pushes {
+		if err := <-errs; pushErr == nil {
+			pushErr = err
 		}
 	}
-	if _, err := capture(ctx, env, walship, "--repo", "file://"+fileRepo, "archive", "--pg", conn, "--slot", "walship_file", "--until-caught-up"); err != nil {
-		return err
+	if pushErr != nil {
+		return pushErr
+	}
+	for _, r := range []struct{ repo, slot string }{{"file://" + e.fileRepo, "walship_file"}, {e.s3Repo, "walship_s3"}} {
+		if _, err := benchenv.Capture(ctx, e.vars, e.walship, "--repo", r.repo, "archive", "--pg", pg.Conn, "--slot", r.slot, "--until-caught-up"); err != nil {
+			return err
+		}
 	}
 
 	// A directory that looks like a data directory, for restore_command's
 	// working directory (walship puts its spool there).
-	fake := filepath.Join(work, "fake-data")
-	if err := sh(ctx, "install", "-d", "-o", "postgres", "-g", "postgres", "-m", "0700", fake, fake+"/pg_wal"); err != nil {
+	fake := filepath.Join(e.work, "fake-data")
+	if err := benchenv.Sh(ctx, "install", "-d", "-o", "postgres", "-g", "postgres", "-m", "0700", fake, fake+"/pg_wal"); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(fake, "PG_VERSION"), []byte("15\n"), 0o644); err != nil {
 		return err
 	}
 	const replay = 50 * time.Millisecond
-	runs := []struct {
-		name string
-		cmd  func(name string) []string
-	}{
-		{"walship restore_command (prefetch 8)", func(n string) []string {
+	restoreCommand := func(repo string) func(string) []string {
+		return func(n string) []string {
 			// What walship restore writes, as PostgreSQL runs it.
-			cmd := restore.RestoreCommand(walship, "file://"+fileRepo, "")
+			cmd := restore.RestoreCommand(e.walship, repo, "")
 			cmd = strings.NewReplacer("%f", n, "%p", "pg_wal/RECOVERYXLOG").Replace(cmd)
 			return []string{"sh", "-c", cmd}
-		}},
-		{"walship wal-fetch --prefetch 0", func(n string) []string {
-			return []string{walship, "--repo", "file://" + fileRepo, "--log-level", "warn", "wal-fetch", "--prefetch", "0", n, "pg_wal/RECOVERYXLOG"}
-		}},
-		{"pgbackrest archive-get", func(n string) []string {
-			return append(slices.Clone(pgbackrest), "archive-get", n, filepath.Join(fake, "pg_wal/RECOVERYXLOG"))
-		}},
+		}
+	}
+	walFetch := func(repo string) func(string) []string {
+		return func(n string) []string {
+			return []string{e.walship, "--repo", repo, "--log-level", "warn", "wal-fetch", "--prefetch", "0", n, "pg_wal/RECOVERYXLOG"}
+		}
+	}
+	const walshipFile, walshipFile0, restPosix, walshipS3, walshipS30, restS3, barman = 0, 1, 2, 3, 4, 5, 6
+	runs := []struct {
+		name, short string
+		cmd         func(name string) []string
+		names       []string
+	}{
+		walshipFile:  {"walship restore_command (prefetch 8), file", "", restoreCommand("file://" + e.fileRepo), names},
+		walshipFile0: {"walship wal-fetch --prefetch 0, file", "", walFetch("file://" + e.fileRepo), names},
+		restPosix: {"pgbackrest archive-get, posix", "pgBackRest posix", func(n string) []string {
+			return e.rest.posix("archive-get", n, filepath.Join(fake, "pg_wal/RECOVERYXLOG"))
+		}, names},
+		walshipS3:  {"walship restore_command (prefetch 8), MinIO", "", restoreCommand(e.s3Repo), names},
+		walshipS30: {"walship wal-fetch --prefetch 0, MinIO", "", walFetch(e.s3Repo), names},
+		restS3: {"pgbackrest archive-get, MinIO", "pgBackRest MinIO", func(n string) []string {
+			return e.rest.s3("archive-get", n, filepath.Join(fake, "pg_wal/RECOVERYXLOG"))
+		}, names},
+		barman: {"barman-cloud-wal-restore, MinIO", "barman-cloud", func(n string) []string {
+			return e.barman.WALRestore(n, "pg_wal/RECOVERYXLOG")
+		}, barmanNames},
 	}
 	fmt.Printf("\nrestore_command per segment: %d segments of 16 MB in order, %v of replay between calls\n", len(names), replay)
-	fmt.Printf("%-34s %10s %10s %10s\n", "run", "mean ms", "p95 ms", "total s")
+	fmt.Printf("%-44s %8s %10s %10s %10s %10s\n", "run", "segments", "mean ms", "p95 ms", "total s", "peak RSS")
 	means := make([]float64, len(runs))
 	for i, r := range runs {
 		_ = os.RemoveAll(filepath.Join(fake, "walship_prefetch"))
 		var lat []float64
-		for _, n := range names {
+		var peak benchenv.Usage
+		for _, n := range r.names {
 			_ = os.Remove(filepath.Join(fake, "pg_wal/RECOVERYXLOG")) // as PostgreSQL does after each
-			cmd := command(ctx, env, r.cmd(n))
+			cmd := benchenv.Command(ctx, e.vars, r.cmd(n))
 			cmd.Dir = fake
 			start := time.Now()
 			if out, err := cmd.CombinedOutput(); err != nil {
 				return fmt.Errorf("%s %s: %w\n%s", r.name, n, err, out)
 			}
 			lat = append(lat, float64(time.Since(start).Microseconds())/1000)
+			peak = peak.Add(benchenv.Usage{MaxRSS: benchenv.MaxRSS(cmd.ProcessState)})
 			time.Sleep(replay)
 		}
 		total := 0.0
@@ -183,25 +247,13 @@ func walFetchBench(ctx context.Context, env []string, work, data, walship, fileR
 		sorted := slices.Clone(lat)
 		slices.Sort(sorted)
 		means[i] = total / float64(len(lat))
-		fmt.Printf("%-34s %10.1f %10.1f %10.2f\n", r.name, means[i], sorted[len(sorted)*95/100], total/1000)
+		fmt.Printf("%-44s %8d %10.1f %10.1f %10.2f %6.1f MiB\n", r.name, len(lat), means[i], sorted[len(sorted)*95/100], total/1000, float64(peak.MaxRSS)/mib)
 	}
-	fmt.Printf("\npgbackrest archive-get's mean / walship's (above 1: walship is faster): with prefetch %.1f, without %.1f\n",
-		means[2]/means[0], means[2]/means[1])
+	fmt.Printf("\nwalship's mean / the peer's (below 1: walship is faster)\n")
+	fmt.Printf("%-44s %18s %18s %18s\n", "", runs[restPosix].short, runs[restS3].short, runs[barman].short)
+	for _, i := range []int{walshipFile, walshipFile0, walshipS3, walshipS30} {
+		fmt.Printf("%-44s %18.3f %18.3f %18.3f\n", runs[i].name, means[i]/means[restPosix], means[i]/means[restS3], means[i]/means[barman])
+	}
 	_ = exec.Command("rm", "-rf", fake).Run()
 	return nil
-}
-
-// ensurePackage installs a Debian package when its command is missing.
-func ensurePackage(ctx context.Context, command, pkg string) error {
-	if _, err := exec.LookPath(command); err == nil {
-		return nil
-	}
-	fmt.Printf("installing %s (apt-get install -y %s)\n", pkg, pkg)
-	if sh(ctx, "apt-get", "install", "-y", pkg) == nil {
-		return nil
-	}
-	if err := sh(ctx, "apt-get", "update"); err != nil {
-		return fmt.Errorf("apt-get update: %w", err)
-	}
-	return sh(ctx, "apt-get", "install", "-y", pkg)
 }

@@ -1,4 +1,4 @@
-package main
+package benchenv
 
 import (
 	"bytes"
@@ -10,6 +10,9 @@ import (
 
 // Process accounting from /proc: the tree of a tool's processes, their
 // memory and CPU.
+
+// clkTck is USER_HZ, the unit of CPU times in /proc/PID/stat.
+const clkTck = 100
 
 // children lists the child processes of pid, over all its threads.
 func children(pid int) []int {
@@ -45,7 +48,7 @@ func kB(v string) int64 {
 }
 
 // treeRSS sums the resident sets of pid and its descendants, leaving out
-// runuser, which only wraps pgBackRest.
+// runuser, which only wraps pgBackRest and barman.
 func treeRSS(pid int) int64 {
 	status := fmt.Sprintf("/proc/%d/status", pid)
 	var rss int64
@@ -56,6 +59,12 @@ func treeRSS(pid int) int64 {
 		rss += treeRSS(k)
 	}
 	return rss
+}
+
+// fileRSS is the file-backed part of pid's resident set: its binary's and
+// libraries' pages, not its heap.
+func fileRSS(pid int) int64 {
+	return kB(procValue(fmt.Sprintf("/proc/%d/status", pid), "RssFile"))
 }
 
 func childNamed(pid int, name string) int {
@@ -91,22 +100,13 @@ func procCPU(pid int, reaped bool) float64 {
 	return ticks / clkTck
 }
 
-// pgCPU is the CPU seconds of every postgres process so far: the
+// PgCPU is the CPU seconds of every postgres process so far: the
 // postmaster's, its live children's and those of the children it reaped
 // (a walsender that has exited).
-func pgCPU(postmaster int) float64 {
+func PgCPU(postmaster int) float64 {
 	s := procCPU(postmaster, true)
 	for _, k := range children(postmaster) {
 		s += procCPU(k, false)
 	}
 	return s
-}
-
-func readPid(path string) (int, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	return strconv.Atoi(strings.TrimSpace(line))
 }
