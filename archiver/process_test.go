@@ -71,7 +71,7 @@ func loadInBackground(t *testing.T, c *pgtest.Cluster) (stop func()) {
 
 func archiveCmd(t *testing.T, c *pgtest.Cluster, dir string, extra ...string) *exec.Cmd {
 	args := append([]string{"--repo", "file://" + dir, "--log-format", "json", "archive", "--pg", c.ConnString(),
-		"--sync-interval", "100ms", "--lease-ttl", "2s", "--wait"}, extra...)
+		"--sync-interval", "100ms", "--lease-ttl", "4s", "--wait"}, extra...)
 	cmd := exec.Command(clitest.Binary(t), args...)
 	cmd.Stderr = testlog.Writer(t)
 	return cmd
