@@ -40,7 +40,7 @@ func FuzzExtract(f *testing.F) {
 		{tarFile(strings.Repeat("n", 300), "long", 0o600), tarFile("x/"+strings.Repeat("y", 120)+"/z", "gnu", 0o600)},
 	}
 	for _, es := range seeds {
-		b := fuzzTar(f, es...)
+		b := tarBytes(f, 0, es...)
 		f.Add(b, uint8(1), uint16(0)) // symlinks allowed
 		f.Add(b, uint8(2), uint16(0)) // later files replace earlier ones
 	}
@@ -49,7 +49,7 @@ func FuzzExtract(f *testing.F) {
 			f.Add(b, uint8(3), uint16(0))
 		}
 	}
-	halves := append(fuzzTar(f, tarDir("base", 0o750), tarFile("base/1", "a", 0o600)), fuzzTar(f, tarFile("base/2", "b", 0o600), tarDir("base", 0o700))...)
+	halves := append(tarBytes(f, 0, tarDir("base", 0o750), tarFile("base/1", "a", 0o600)), tarBytes(f, 0, tarFile("base/2", "b", 0o600), tarDir("base", 0o700))...)
 	f.Add(halves, uint8(4), uint16(3*512+1024))
 	f.Add(halves, uint8(7), uint16(3*512+1024))
 	f.Fuzz(func(t *testing.T, data []byte, flags uint8, split uint16) {
@@ -106,25 +106,6 @@ func FuzzExtract(f *testing.F) {
 			t.Fatalf("extracted %v; the archive holds %v", got, want)
 		}
 	})
-}
-
-// fuzzTar writes entries as tarBytes does, for a fuzz target's seeds.
-func fuzzTar(tb testing.TB, entries ...tarEntry) []byte {
-	var b bytes.Buffer
-	tw := tar.NewWriter(&b)
-	for _, e := range entries {
-		h := e.hdr
-		if err := tw.WriteHeader(&h); err != nil {
-			tb.Fatalf("write tar header %q: %v", h.Name, err)
-		}
-		if _, err := io.WriteString(tw, e.body); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		tb.Fatal(err)
-	}
-	return b.Bytes()
 }
 
 // checkConfined checks that parent holds only data and an empty outside

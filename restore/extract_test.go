@@ -49,7 +49,7 @@ func tarSpecial(name string, flag byte) tarEntry {
 
 // tarBytes writes entries as an archive/tar.Writer does, in format (0 lets
 // the writer choose).
-func tarBytes(t *testing.T, format tar.Format, entries ...tarEntry) []byte {
+func tarBytes(t testing.TB, format tar.Format, entries ...tarEntry) []byte {
 	t.Helper()
 	var b bytes.Buffer
 	tw := tar.NewWriter(&b)

@@ -128,20 +128,7 @@ func (r restoreResult) checkLoud(t *testing.T, want ...string) {
 	if _, err := os.Stat(filepath.Join(r.dir, "backup_label")); err == nil {
 		return // recovery never began: a start begins it from the backup
 	}
-	ctl, err := pgtest.ClientBin("pg_controldata")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(ctl, r.dir)
-	cmd.Dir = "/"
-	pgtest.RunAs(t, cmd)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("pg_controldata of what the failed restore left: %v\n%s", err, out)
-	}
-	if !hasLine(string(out), "Database cluster state:", "in archive recovery") {
-		t.Errorf("the failed restore left a cluster that does not need recovery any more:\n%s", out)
-	}
+	wantArchiveRecovery(t, r.dir)
 }
 
 // TestRestoreUnderStorageFaults restores a base backup and the WAL after it

@@ -220,22 +220,8 @@ func damagedStreamedRecovery(t *testing.T, bin string, version int, repo string)
 			t.Errorf("the restored server's log says %q: recovery ended at the damaged segment instead of stopping:\n%s", never, lastLines(serverLog, 40))
 		}
 	}
-	// The cluster left behind still needs archive recovery: started again,
-	// it would recover, not come up as a primary with fewer rows.
-	controldata, err := pgtest.ClientBin("pg_controldata")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cd := exec.Command(controldata, s.backup)
-	cd.Dir = "/"
-	pgtest.RunAs(t, cd)
-	cdOut, err := cd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("pg_controldata: %v\n%s", err, cdOut)
-	}
-	if !hasLine(string(cdOut), "Database cluster state:", "in archive recovery") {
-		t.Errorf("pg_controldata of the restored cluster does not say it is in archive recovery:\n%s", cdOut)
-	}
+	// The cluster left behind still needs archive recovery.
+	wantArchiveRecovery(t, s.backup)
 }
 
 // recoveryConf writes recovery.signal into the scenario's backup and returns
@@ -442,4 +428,25 @@ func hasLine(text string, subs ...string) bool {
 		}
 	}
 	return false
+}
+
+// wantArchiveRecovery fails t unless pg_controldata says the cluster in dir
+// is in archive recovery: started again, it would recover, not come up as
+// a primary with less than was archived.
+func wantArchiveRecovery(t *testing.T, dir string) {
+	t.Helper()
+	ctl, err := pgtest.ClientBin("pg_controldata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(ctl, dir)
+	cmd.Dir = "/"
+	pgtest.RunAs(t, cmd)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("pg_controldata %s: %v\n%s", dir, err, out)
+	}
+	if !hasLine(string(out), "Database cluster state:", "in archive recovery") {
+		t.Errorf("pg_controldata of %s does not say it is in archive recovery:\n%s", dir, out)
+	}
 }
