@@ -1,6 +1,7 @@
 package archiver
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -147,18 +148,18 @@ func archiveUnderStorageFaults(t *testing.T, srv *miniotest.Server, backend stri
 			d = time.Second
 		}
 		time.Sleep(d)
-		arch.check(t)
+		// On a loaded machine a phase can pass without the request its
+		// fault needs; it lasts until every rule has fired.
+		waitFor(t, ph.name+" to fault a request by every rule", func() bool {
+			arch.check(t)
+			return !slices.Contains(proxy.Injected(), 0)
+		})
 		injected := proxy.Injected()
 		proxy.Clear()
 		after := stats.Snapshot()
 		t.Logf("%s: faults injected per rule %v; upload errors %d, retries %d, reconnects %d; slot %s → %s",
 			ph.name, injected, after.UploadErrors-before.UploadErrors, after.UploadRetries-before.UploadRetries,
 			after.Reconnects-before.Reconnects, acked, slotLSN(t, c))
-		for i, n := range injected {
-			if n == 0 {
-				t.Errorf("%s: no request was faulted by %s", ph.name, ph.rules[i])
-			}
-		}
 	}
 
 	// The store is healthy again: the archiver catches up.
