@@ -3,16 +3,20 @@ package restore
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/walship/walship/internal/progress"
+	"github.com/walship/walship/storage"
 	"github.com/walship/walship/storage/catalog"
 )
 
@@ -29,6 +33,8 @@ type ExtractBackupOptions struct {
 	// Progress, if not nil, counts the archives' bytes as they are
 	// extracted; its total is set to the backup's size.
 	Progress *progress.Meter
+	// Log, if not nil, hears of downloads that failed and are tried again.
+	Log *slog.Logger
 }
 
 // ExtractBackup writes base backup b from repo into dir, which must exist and
@@ -38,11 +44,18 @@ type ExtractBackupOptions struct {
 // dir, so that pg_verifybackup can check the result. The
 // tablespace_map is rewritten to the tablespaces' new locations;
 // backup_label is kept byte for byte. Every object's checksum is verified to
-// its last byte. On error, what was written stays: the caller removes it.
+// its last byte. A download that fails (a reset connection, a body cut
+// short, an error answer the store's client did not retry away) is tried
+// again, DefaultAttempts times in all, an archive part from its start
+// after what it extracted is removed; a damaged object or archive is not.
+// On error, what was written stays: the caller removes it.
 func ExtractBackup(ctx context.Context, repo *catalog.Repo, b catalog.Backup, dir string, tablespaces map[uint32]string, opts ExtractBackupOptions) error {
 	parallel := opts.Parallel
 	if parallel <= 0 {
 		parallel = DefaultParallel
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
 	}
 	if opts.Progress != nil {
 		var total int64
@@ -101,7 +114,7 @@ func ExtractBackup(ctx context.Context, repo *catalog.Repo, b catalog.Backup, di
 	for range min(parallel, len(jobs)) {
 		wg.Go(func() {
 			for j := range next {
-				if err := extractObject(ctx, repo, catalog.BackupObjectKey(b.ID, j.obj.Name), j.tree, opts.Progress); err != nil {
+				if err := extractObject(ctx, repo, catalog.BackupObjectKey(b.ID, j.obj.Name), j.tree, opts); err != nil {
 					errs <- err
 					cancel()
 					return
@@ -133,7 +146,7 @@ func ExtractBackup(ctx context.Context, repo *catalog.Repo, b catalog.Backup, di
 		return err
 	}
 	if slices.ContainsFunc(b.Objects, func(o catalog.BackupObject) bool { return o.Name == catalog.ManifestName }) {
-		if err := copyObject(ctx, repo, catalog.BackupObjectKey(b.ID, catalog.ManifestName), filepath.Join(dir, catalog.ManifestName)); err != nil {
+		if err := copyObject(ctx, repo, catalog.BackupObjectKey(b.ID, catalog.ManifestName), filepath.Join(dir, catalog.ManifestName), opts.Log); err != nil {
 			return err
 		}
 	}
@@ -153,39 +166,96 @@ func ExtractBackup(ctx context.Context, repo *catalog.Repo, b catalog.Backup, di
 	return nil
 }
 
-// extractObject streams one archive object into tree and reads the object
-// to its end, so that its checksum is verified.
-func extractObject(ctx context.Context, repo *catalog.Repo, key string, tree *Tree, meter *progress.Meter) error {
-	rc, err := repo.Open(ctx, key)
+// extractObject streams one archive object into tree, trying a failed
+// download again from the start. Extract reads the object to its end, so
+// its checksum is verified.
+func extractObject(ctx context.Context, repo *catalog.Repo, key string, tree *Tree, opts ExtractBackupOptions) error {
+	err := downloadRetrying(ctx, opts.Log, key, func() (*download, error) {
+		rc, err := repo.Open(ctx, key)
+		if err != nil {
+			return nil, fmt.Errorf("open %s: %w", key, err)
+		}
+		defer rc.Close()
+		d := &download{r: rc, meter: opts.Progress}
+		if _, err := tree.extractAgainOnError(ctx, d); err != nil {
+			return d, fmt.Errorf("extract %s: %w", key, err)
+		}
+		return d, nil
+	})
 	if err != nil {
-		return fmt.Errorf("open %s: %w", key, err)
+		tree.fail()
 	}
-	defer rc.Close()
-	var r io.Reader = rc
-	if meter != nil {
-		r = meter.Reader(rc)
-	}
-	if _, err := tree.Extract(ctx, r); err != nil {
-		return fmt.Errorf("extract %s: %w", key, err)
-	}
-	// The tar reader stops at the end-of-archive marker; the codec verifies
-	// the object only once its last byte is read.
-	if _, err := io.Copy(io.Discard, r); err != nil {
-		return fmt.Errorf("extract %s: %w", key, err)
-	}
-	return nil
+	return err
 }
 
-func copyObject(ctx context.Context, repo *catalog.Repo, key, dest string) error {
-	rc, err := repo.Open(ctx, key)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", key, err)
-	}
-	defer rc.Close()
-	return writeAtomic(dest, func(f *os.File) error {
-		_, err := io.Copy(f, rc)
-		return err
+func copyObject(ctx context.Context, repo *catalog.Repo, key, dest string, log *slog.Logger) error {
+	return downloadRetrying(ctx, log, key, func() (*download, error) {
+		rc, err := repo.Open(ctx, key)
+		if err != nil {
+			return nil, fmt.Errorf("open %s: %w", key, err)
+		}
+		defer rc.Close()
+		d := &download{r: rc}
+		return d, writeAtomic(dest, func(f *os.File) error {
+			_, err := io.Copy(f, d)
+			return err
+		})
 	})
+}
+
+// downloadRetrying runs attempt until it succeeds, fails for a reason other
+// than the download, or has failed DefaultAttempts times, waiting
+// DefaultBackoff, then twice as long each time, in between. attempt returns
+// the download it read, if it opened one, and leaves nothing of a failed
+// attempt behind.
+func downloadRetrying(ctx context.Context, log *slog.Logger, key string, attempt func() (*download, error)) error {
+	backoff := DefaultBackoff
+	for n := 1; ; n++ {
+		d, err := attempt()
+		if err == nil {
+			return nil
+		}
+		if d != nil && d.meter != nil {
+			d.meter.Add(-d.n)
+		}
+		cause := err
+		if d != nil {
+			cause = d.err
+		}
+		if cause == nil || !transient(cause) || errors.Is(cause, storage.ErrNotExist) || n >= DefaultAttempts || ctx.Err() != nil {
+			return err
+		}
+		log.Warn("download failed; trying again", attrName, key, attrAttempt, n, attrError, err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff *= 2
+	}
+}
+
+// download reads an object, counting its bytes into meter (if not nil) and
+// keeping the first error other than io.EOF that the object's reader gave,
+// so that a failed download can be told from a damaged archive or a local
+// failure.
+type download struct {
+	r     io.Reader
+	meter *progress.Meter
+	n     int64
+	err   error
+}
+
+func (d *download) Read(p []byte) (int, error) {
+	n, err := d.r.Read(p)
+	d.n += int64(n)
+	if d.meter != nil {
+		d.meter.Add(int64(n))
+	}
+	if err != nil && err != io.EOF && d.err == nil {
+		d.err = err
+	}
+	return n, err
 }
 
 // rewriteTablespaceMap points tablespace_map's entries at new locations. The

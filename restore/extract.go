@@ -159,15 +159,45 @@ func NewTree(dir string, opts ExtractOptions) (*Tree, error) {
 // Extract writes one tar archive into the tree, as the function Extract
 // does.
 func (t *Tree) Extract(ctx context.Context, r io.Reader) (ExtractStats, error) {
-	cr := &countingReader{r: r}
-	x := &extractor{ctx: ctx, t: t, cr: cr, tr: tar.NewReader(cr), buf: make([]byte, extractBuf)}
+	x := t.extractor(ctx, r)
 	err := x.entries()
 	if err != nil {
-		t.mu.Lock()
-		t.failed = true
-		t.mu.Unlock()
+		t.fail()
 	}
 	return x.stats, err
+}
+
+// extractAgainOnError is Extract for an archive whose download may fail
+// and be tried again: on error, the files and links it made are removed,
+// so that the same archive can be extracted into the tree once more, and
+// the tree is not marked failed. Directories stay; the next attempt finds
+// them. Call abandon after the last failed attempt.
+func (t *Tree) extractAgainOnError(ctx context.Context, r io.Reader) (ExtractStats, error) {
+	x := t.extractor(ctx, r)
+	err := x.entries()
+	if err == nil {
+		return x.stats, nil
+	}
+	for _, name := range x.made {
+		if rerr := t.root.Remove(name); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			t.fail()
+			return x.stats, fmt.Errorf("%w; and removing what the attempt extracted failed: %v", err, rerr)
+		}
+	}
+	return x.stats, err
+}
+
+// fail marks the tree failed, as a failed Extract does, so that Close
+// leaves the directories' modes alone.
+func (t *Tree) fail() {
+	t.mu.Lock()
+	t.failed = true
+	t.mu.Unlock()
+}
+
+func (t *Tree) extractor(ctx context.Context, r io.Reader) *extractor {
+	cr := &countingReader{r: r}
+	return &extractor{ctx: ctx, t: t, cr: cr, tr: tar.NewReader(cr), buf: make([]byte, extractBuf)}
 }
 
 // Close sets the directories' modes and syncs them, unless an Extract
@@ -232,6 +262,9 @@ type extractor struct {
 	tr    *tar.Reader
 	buf   []byte
 	stats ExtractStats
+	// made names every file and link this archive created, for
+	// extractAgainOnError to remove.
+	made []string
 }
 
 // badEntry is an error about the entry named name (as the archive spells
@@ -460,6 +493,7 @@ func (x *extractor) file(hdr *tar.Header, name string, perm fs.FileMode) error {
 	if err != nil {
 		return fmt.Errorf("extract entry %q: %w", hdr.Name, err)
 	}
+	x.made = append(x.made, name)
 	n, err := x.copyData(hdr, f)
 	x.stats.Bytes += n
 	if err == nil {
@@ -583,6 +617,7 @@ func (x *extractor) symlink(hdr *tar.Header, name string) error {
 		}
 		return fmt.Errorf("extract entry %q: %w", hdr.Name, err)
 	}
+	x.made = append(x.made, name)
 	x.stats.Symlinks++
 	return nil
 }
@@ -619,6 +654,7 @@ func (x *extractor) hardLink(hdr *tar.Header, name string) error {
 		}
 		return fmt.Errorf("extract entry %q: %w", hdr.Name, err)
 	}
+	x.made = append(x.made, name)
 	x.stats.HardLinks++
 	return nil
 }

@@ -175,14 +175,28 @@ func TestRestoreUnderStorageFaults(t *testing.T) {
 		}
 	})
 
-	// A backup archive's body cut short: the restore fails, naming the
-	// object, and removes what it extracted.
-	t.Run("backup read cut short", func(t *testing.T) {
-		proxy.Set(faultproxy.Rule{Op: faultproxy.Get, Key: "/backups/", Fault: faultproxy.Truncate, Every: 2})
+	// Backup archive bodies cut short, a few times: each cut part is
+	// extracted again from its start, and the restore completes.
+	t.Run("backup read cut short, then read", func(t *testing.T) {
+		proxy.Set(faultproxy.Rule{Op: faultproxy.Get, Key: "/backups/", Fault: faultproxy.Truncate, Every: 2, Limit: 3})
+		r := restoreStart(t, bin, viaProxy, target(t), s.version)
+		injected := proxy.Injected()
+		t.Logf("faults injected %v; restore took %s", injected, r.took.Round(time.Millisecond))
+		proxy.Clear()
+		r.checkComplete(t, s)
+		if injected[0] == 0 || !strings.Contains(r.out, "download failed; trying again") {
+			t.Errorf("no backup download was cut and tried again (faults %v):\n%s", injected, lastLines(r.out, 20))
+		}
+	})
+
+	// Every read of the backup cut short: the restore fails after its
+	// attempts, naming the object, and removes what it extracted.
+	t.Run("backup read always cut short", func(t *testing.T) {
+		proxy.Set(faultproxy.Rule{Op: faultproxy.Get, Key: ".tar", Fault: faultproxy.Truncate})
 		r := restoreStart(t, bin, viaProxy, target(t), s.version)
 		t.Logf("faults injected %v; restore failed after %s", proxy.Injected(), r.took.Round(time.Millisecond))
 		proxy.Clear()
-		r.checkLoud(t, "backups/", "unexpected EOF")
+		r.checkLoud(t, "backups/", "unexpected EOF", "trying again")
 		if strings.Contains(r.out, "damaged tar archive") {
 			t.Errorf("a download cut short is reported as a damaged archive:\n%s", lastLines(r.out, 5))
 		}
@@ -190,6 +204,18 @@ func TestRestoreUnderStorageFaults(t *testing.T) {
 			if entries, _ := os.ReadDir(r.dir); len(entries) > 0 {
 				t.Errorf("the failed extraction left %d entries in %s", len(entries), r.dir)
 			}
+		}
+	})
+
+	// backup.json cut short: the restore cannot plan, and says so,
+	// instead of planning as if the backup were not there.
+	t.Run("backup.json cut short", func(t *testing.T) {
+		proxy.Set(faultproxy.Rule{Op: faultproxy.Get, Key: "backup.json", Fault: faultproxy.Truncate})
+		r := restoreStart(t, bin, viaProxy, target(t), s.version)
+		proxy.Clear()
+		r.checkLoud(t, "backup.json", "unexpected EOF")
+		if _, err := os.Stat(r.dir); err == nil {
+			t.Errorf("the restore that could not plan made its target %s", r.dir)
 		}
 	})
 

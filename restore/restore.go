@@ -113,7 +113,7 @@ func Restore(ctx context.Context, repo *catalog.Repo, opts Options) (Plan, error
 	default:
 		rec.Comment = fmt.Sprintf("backup %s, target %s", plan.Backup.ID, describeTarget(opts.Target))
 	}
-	err = ExtractBackup(ctx, repo, plan.Backup, opts.Dir, tablespaces, ExtractBackupOptions{Parallel: opts.Parallel, Progress: opts.Progress})
+	err = ExtractBackup(ctx, repo, plan.Backup, opts.Dir, tablespaces, ExtractBackupOptions{Parallel: opts.Parallel, Progress: opts.Progress, Log: log})
 	if err == nil {
 		err = WriteRecovery(opts.Dir, rec)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/walship/walship/internal/wal"
 	"github.com/walship/walship/storage"
+	"github.com/walship/walship/storage/codec"
 )
 
 // BackupsPrefix is the common prefix of every base backup's objects.
@@ -238,12 +239,23 @@ func (r *Repo) ReadBackup(ctx context.Context, id string) (Backup, error) {
 	}
 	b, err := ParseBackup(data)
 	if err != nil {
-		return Backup{}, fmt.Errorf("backup %s: %w", id, err)
+		return Backup{}, fmt.Errorf("backup %s: %w: %w", id, ErrInvalidBackup, err)
 	}
 	if b.ID != id {
-		return Backup{}, fmt.Errorf("backup %s: its backup.json says it is %s", id, b.ID)
+		return Backup{}, fmt.Errorf("backup %s: %w: its backup.json says it is %s", id, ErrInvalidBackup, b.ID)
 	}
 	return b, nil
+}
+
+// ErrInvalidBackup is wrapped by the errors of ReadBackup that say what
+// backup.json holds is not a backup's description.
+var ErrInvalidBackup = errors.New("invalid backup.json")
+
+// unreadable reports whether ReadBackup failed on what is stored, not on
+// reading it: a damaged, undecipherable or invalid backup.json.
+func unreadable(err error) bool {
+	return errors.Is(err, ErrInvalidBackup) || errors.Is(err, ErrTooLarge) ||
+		errors.Is(err, codec.ErrCorrupt) || errors.Is(err, codec.ErrIdentity) || errors.Is(err, codec.ErrUnsupported)
 }
 
 // BackupListing is what the repository holds under backups/.
@@ -254,7 +266,9 @@ type BackupListing struct {
 }
 
 // ListBackups lists the backups: those with a readable backup.json, oldest
-// first, and the objects of backups that never finished.
+// first, the objects of backups that never finished, and the backups whose
+// backup.json is damaged or invalid. It fails if a backup.json cannot be
+// read for another reason, such as a storage error.
 func (r *Repo) ListBackups(ctx context.Context) (BackupListing, error) {
 	l := BackupListing{Orphans: map[string][]storage.ObjectInfo{}, Invalid: map[string]error{}}
 	objs := map[string][]storage.ObjectInfo{}
@@ -279,9 +293,16 @@ func (r *Repo) ListBackups(ctx context.Context) (BackupListing, error) {
 			continue
 		}
 		b, err := r.ReadBackup(ctx, id)
-		if err != nil {
+		switch {
+		case errors.Is(err, storage.ErrNotExist):
+			continue // pruned since the listing
+		case err != nil && unreadable(err):
 			l.Invalid[id] = err
 			continue
+		case err != nil:
+			// A failed read says nothing of the backup: the caller must
+			// not plan as if it were not there.
+			return l, err
 		}
 		l.Backups = append(l.Backups, b)
 	}

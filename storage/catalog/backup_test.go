@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -161,5 +163,42 @@ func TestBackupParts(t *testing.T) {
 		if err := r.WriteBackup(ctx, b); err == nil {
 			t.Errorf("WriteBackup with objects %+v accepted", objs)
 		}
+	}
+}
+
+// failingGets fails every Get of a key holding match with err, as a store
+// whose connection breaks does.
+type failingGets struct {
+	storage.Store
+	match string
+	err   error
+}
+
+func (s failingGets) Get(ctx context.Context, key string, off int64) (io.ReadCloser, error) {
+	if strings.Contains(key, s.match) {
+		return nil, s.err
+	}
+	return s.Store.Get(ctx, key, off)
+}
+
+// TestListBackupsReadFails: a backup.json that cannot be read for a reason
+// other than its contents fails the listing, so that restore and prune never
+// plan as if the backup were not there; one pruned since the listing is
+// left out.
+func TestListBackupsReadFails(t *testing.T) {
+	r := newRepo(t)
+	ctx := context.Background()
+	id := "20261128T111500.000Z"
+	if err := r.WriteBackup(ctx, sampleBackup(id)); err != nil {
+		t.Fatal(err)
+	}
+	broken := fmt.Errorf("read tcp: %w", io.ErrUnexpectedEOF)
+	l, err := New(failingGets{r.Store(), "backup.json", broken}, Options{}).ListBackups(ctx)
+	if !errors.Is(err, broken) {
+		t.Errorf("a backup.json read that fails: listing %+v, error %v; want the read's error", l, err)
+	}
+	l, err = New(failingGets{r.Store(), "backup.json", storage.ErrNotExist}, Options{}).ListBackups(ctx)
+	if err != nil || len(l.Backups)+len(l.Invalid)+len(l.Orphans) != 0 {
+		t.Errorf("a backup.json removed since the listing: %+v, %v; want nothing listed", l, err)
 	}
 }

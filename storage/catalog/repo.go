@@ -129,6 +129,10 @@ func (r *reader) Close() error {
 	return err
 }
 
+// ErrTooLarge is wrapped by ReadAll's error for an object larger than the
+// caller allows.
+var ErrTooLarge = errors.New("larger than expected")
+
 // ReadAll reads and verifies the payload of key, which must be at most max
 // bytes.
 func (r *Repo) ReadAll(ctx context.Context, key string, max int64) ([]byte, error) {
@@ -142,7 +146,7 @@ func (r *Repo) ReadAll(ctx context.Context, key string, max int64) ([]byte, erro
 		return nil, err
 	}
 	if int64(len(b)) > max {
-		return nil, fmt.Errorf("read %s: larger than the %d bytes expected", key, max)
+		return nil, fmt.Errorf("read %s: %w: more than the %d bytes expected", key, ErrTooLarge, max)
 	}
 	return b, nil
 }
