@@ -2,9 +2,13 @@ package restore
 
 import (
 	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -84,4 +88,138 @@ func TestScheduledBackups(t *testing.T) {
 	if code := run("backup", "--if-due").Run(); code == nil {
 		t.Error("--if-due without --schedule was accepted")
 	}
+}
+
+// TestScheduledBackupFails runs the archiver with a backup schedule while
+// the repository refuses backups (its backups/ directory is read-only for
+// the server user): each scheduled backup fails, is logged and counted,
+// and runs again at the next time, while WAL goes on streaming into the
+// repository; once backups/ is writable, the next one succeeds. `list`
+// tells when the next backup is due.
+func TestScheduledBackupFails(t *testing.T) {
+	bin := clitest.Binary(t)
+	repoDir := filepath.Join(pgtest.MkdirOwned(t), "repo")
+	repoURL := "file://" + repoDir
+	c := pgtest.Start(t, pgtest.Options{})
+	c.Exec(t, "CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g")
+	run := func(args ...string) *exec.Cmd {
+		cmd := exec.Command(bin, append([]string{"--repo", repoURL}, args...)...)
+		cmd.Dir = "/"
+		pgtest.RunAs(t, cmd)
+		return cmd
+	}
+	backups := filepath.Join(repoDir, "backups")
+	if err := os.MkdirAll(backups, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Own(t, repoDir)
+	if err := os.Chmod(backups, 0o555); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(pgtest.MkdirOwned(t), "archiver.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	arch := run("archive", "--pg", c.ConnString(), "--backup-schedule", "@every 2s", "--backup-fast", "--metrics-addr", "127.0.0.1:0")
+	arch.Stdout, arch.Stderr = logFile, logFile
+	if err := arch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = arch.Process.Kill(); _ = arch.Wait() })
+	logText := func() string { b, _ := os.ReadFile(logPath); return string(b) }
+	var metricsURL string
+	addrRE := regexp.MustCompile(`serving /metrics.* addr=(\S+)`)
+	waitFor(t, time.Minute, "the metrics address in the log", func() bool {
+		if m := addrRE.FindStringSubmatch(logText()); m != nil {
+			metricsURL = "http://" + m[1] + "/metrics"
+		}
+		return metricsURL != ""
+	})
+	if !regexp.MustCompile(`msg=scheduled job=backup next=\S+`).MatchString(logText()) {
+		t.Errorf("the log does not say when the first backup runs:\n%s", lastLines(logText(), 20))
+	}
+
+	// Backups fail; WAL written meanwhile is stored all the same.
+	waitFor(t, time.Minute, "two failed scheduled backups", func() bool {
+		return strings.Count(logText(), `msg="scheduled job failed; it runs again at its next time" job=backup`) >= 2
+	})
+	if failed := regexp.MustCompile(`msg="scheduled job failed.*`).FindString(logText()); !strings.Contains(failed, "permission denied") {
+		t.Errorf("the failure does not say why: %s", failed)
+	}
+	c.Exec(t, "INSERT INTO t SELECT g FROM generate_series(1, 100000) g")
+	c.Exec(t, "SELECT pg_switch_wal()")
+	flushed := c.Scalar(t, "SELECT pg_current_wal_flush_lsn()")
+	waitFor(t, time.Minute, "WAL to be acknowledged while backups fail", func() bool {
+		return c.Scalar(t, "SELECT coalesce(bool_or(flush_lsn >= $1::pg_lsn), false) FROM pg_stat_replication WHERE application_name = 'walship'", flushed) == "t"
+	})
+	m := scrapeMetrics(t, metricsURL)
+	if m[`walship_scheduled_failures_total{job="backup"}`] < 2 || m["walship_backup_failures_total"] < 2 || m["walship_backups_total"] != 0 || m["walship_streaming"] != 1 {
+		t.Errorf("after failed backups: scheduled failures %v, backup failures %v, backups %v, streaming %v",
+			m[`walship_scheduled_failures_total{job="backup"}`], m["walship_backup_failures_total"], m["walship_backups_total"], m["walship_streaming"])
+	}
+
+	// The repository takes backups again: the next scheduled one is done.
+	if err := os.Chmod(backups, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "a scheduled backup to succeed", func() bool {
+		return strings.Contains(logText(), `msg="scheduled job done" job=backup`)
+	})
+	if m := scrapeMetrics(t, metricsURL); m["walship_backups_total"] < 1 {
+		t.Errorf("walship_backups_total %v after a backup", m["walship_backups_total"])
+	}
+	_ = arch.Process.Signal(syscall.SIGTERM)
+	if err := arch.Wait(); err != nil {
+		t.Fatalf("archive: %v\n%s", err, lastLines(logText(), 30))
+	}
+
+	out, err := run("list", "--json", "--backup-schedule", "@daily").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var l struct {
+		Backups    []struct{ ID string } `json:"backups"`
+		NextBackup string                `json:"next_backup_due"`
+	}
+	if err := json.Unmarshal(out, &l); err != nil {
+		t.Fatal(err)
+	}
+	next, err := time.Parse(time.RFC3339, l.NextBackup)
+	if len(l.Backups) == 0 || err != nil || !next.After(time.Now()) || next.After(time.Now().Add(24*time.Hour)) {
+		t.Errorf("list --backup-schedule @daily: %d backups, next due %q (%v); want one tomorrow at the latest", len(l.Backups), l.NextBackup, err)
+	}
+	if out, err := run("list", "--backup-schedule", "@daily").Output(); err != nil || !strings.Contains(string(out), "next backup due "+l.NextBackup) {
+		t.Errorf("list --backup-schedule @daily: %v\n%s", err, out)
+	}
+}
+
+// scrapeMetrics reads Prometheus' text format from url: each sample by its
+// name and labels, as printed.
+func scrapeMetrics(t *testing.T, url string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]float64{}
+	for line := range strings.Lines(string(body)) {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(strings.TrimSpace(line[i+1:]), 64); err == nil {
+			m[line[:i]] = v
+		}
+	}
+	return m
 }
