@@ -211,6 +211,9 @@ func onlyParams(q url.Values, known ...string) error {
 		if len(v) > 1 {
 			return fmt.Errorf("parameter %q given %d times", k, len(v))
 		}
+		if v[0] == "" {
+			return fmt.Errorf("parameter %q has no value; give one or leave the parameter out", k)
+		}
 	}
 	return nil
 }
@@ -236,7 +239,7 @@ func validBucket(b string) error {
 }
 
 func prefixOf(p string) (string, error) {
-	p = strings.Trim(p, "/")
+	p = strings.TrimSuffix(strings.TrimPrefix(p, "/"), "/")
 	if p == "" {
 		return "", nil
 	}
