@@ -126,8 +126,16 @@ func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (b catalo
 	}
 	defer release()
 	start := time.Now()
+	id, err := repo.NextBackupID(ctx, start)
+	if err != nil {
+		return catalog.Backup{}, err
+	}
+	if id != catalog.NewBackupID(start) {
+		cfg.Log.Warn("this host's clock is behind the newest backup's id; the new backup's id follows it",
+			slog.String("backup", id), slog.Time("clock", start.UTC()))
+	}
 	b = catalog.Backup{
-		ID:          catalog.NewBackupID(start),
+		ID:          id,
 		SystemID:    srv.SystemID,
 		PGVersion:   srv.VersionNum,
 		SegmentSize: srv.SegmentSize,

@@ -44,6 +44,31 @@ var idPattern = regexp.MustCompile(`^\d{8}T\d{6}\.\d{3}Z$`)
 // NewBackupID returns the id of a backup started at t.
 func NewBackupID(t time.Time) string { return t.UTC().Format(idLayout) }
 
+// NextBackupID returns the id of a backup started at t, made later than
+// every backup id the repository holds, finished or not, if it would not
+// sort after them: retention and restore order backups by id, and a host
+// whose clock is behind must not put a new backup before an older one.
+// Call it holding the backup lease, so that no other backup starts
+// meanwhile.
+func (r *Repo) NextBackupID(ctx context.Context, t time.Time) (string, error) {
+	id := NewBackupID(t)
+	for oi, err := range r.store.List(ctx, BackupsPrefix) {
+		if err != nil {
+			return "", err
+		}
+		prev, _, ok := strings.Cut(strings.TrimPrefix(oi.Key, BackupsPrefix), "/")
+		if !ok || prev < id || ValidBackupID(prev) != nil {
+			continue
+		}
+		pt, err := time.Parse(idLayout, prev)
+		if err != nil {
+			continue
+		}
+		id = NewBackupID(pt.Add(time.Millisecond))
+	}
+	return id, nil
+}
+
 // ValidBackupID reports whether id is a backup id, with an error that says
 // what one looks like.
 func ValidBackupID(id string) error {

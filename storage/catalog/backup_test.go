@@ -202,3 +202,34 @@ func TestListBackupsReadFails(t *testing.T) {
 		t.Errorf("a backup.json removed since the listing: %+v, %v; want nothing listed", l, err)
 	}
 }
+
+// TestNextBackupID: a new backup's id is its start time unless a backup in
+// the repository, finished or not, already has that id or a later one (a
+// clock behind another's): then it follows the latest.
+func TestNextBackupID(t *testing.T) {
+	r := newRepo(t)
+	ctx := context.Background()
+	now := time.Date(2026, 11, 28, 10, 15, 0, 0, time.UTC)
+	if id, err := r.NextBackupID(ctx, now); err != nil || id != "20261128T101500.000Z" {
+		t.Fatalf("empty repository: %q, %v", id, err)
+	}
+	if err := r.WriteBackup(ctx, sampleBackup("20261128T090000.000Z")); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := r.NextBackupID(ctx, now); err != nil || id != "20261128T101500.000Z" {
+		t.Errorf("after an older backup: %q, %v", id, err)
+	}
+	// An unfinished backup from a host whose clock is ahead.
+	if _, err := r.Put(ctx, BackupObjectKey("20261128T111500.250Z", "base.tar"), strings.NewReader("half")); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := r.NextBackupID(ctx, now); err != nil || id != "20261128T111500.251Z" {
+		t.Errorf("after a later unfinished backup: %q, %v; want the id after it", id, err)
+	}
+	if err := r.WriteBackup(ctx, sampleBackup("20261128T101500.000Z")); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := r.NextBackupID(ctx, now.Add(2*time.Hour)); err != nil || id != "20261128T121500.000Z" {
+		t.Errorf("a clock ahead of every id: %q, %v", id, err)
+	}
+}
