@@ -100,7 +100,11 @@ func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (b catalo
 		defer cancel()
 		_ = conn.Close(cctx)
 	}()
-	srv, err := identify(ctx, conn)
+	// The set-up's exchanges are bounded as a session's are; the stream
+	// is not: the server sends nothing while a spread checkpoint runs.
+	askCtx, cancelAsk := context.WithTimeout(ctx, DefaultReceiveTimeout)
+	defer cancelAsk()
+	srv, err := identify(askCtx, conn)
 	if err != nil {
 		return catalog.Backup{}, err
 	}
@@ -110,7 +114,7 @@ func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (b catalo
 	// The archiver's slot must exist before the backup starts, so that the
 	// server keeps every segment from the backup's start until it is in the
 	// repository, even when no archiver has run yet.
-	if created, err := ensureSlot(ctx, conn, cfg.Slot); err != nil {
+	if created, err := ensureSlot(askCtx, conn, cfg.Slot); err != nil {
 		return catalog.Backup{}, err
 	} else if created {
 		cfg.Log.Info("created replication slot for the backup's WAL", slog.String(keySlot, cfg.Slot))

@@ -27,6 +27,10 @@ type Server struct {
 	VersionNum  int // server_version_num, e.g. 150018
 }
 
+// defaultConnectTimeout bounds a connection attempt whose connection string
+// sets no connect_timeout.
+var defaultConnectTimeout = 30 * time.Second
+
 // connect opens a physical replication connection. The connection string is
 // a libpq keyword/value string or URL; PG* environment variables, .pgpass and
 // sslmode work as in libpq.
@@ -39,9 +43,14 @@ func connect(ctx context.Context, connString, appName string) (*pgconn.PgConn, e
 	if _, set := cfg.RuntimeParams["application_name"]; !set {
 		cfg.RuntimeParams["application_name"] = appName
 	}
+	// connect_timeout bounds the whole connection (TCP, TLS, start-up and
+	// authentication), not only the dial; libpq waits forever without it.
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = defaultConnectTimeout
+	}
 	// Keepalives find a dead primary (or a dead path to it) within about a
 	// minute instead of the kernel's two hours.
-	d := &net.Dialer{KeepAlive: 15 * time.Second, Timeout: 30 * time.Second}
+	d := &net.Dialer{KeepAlive: 15 * time.Second, Timeout: cfg.ConnectTimeout}
 	cfg.DialFunc = d.DialContext
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {

@@ -1,6 +1,7 @@
 package archiver
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -34,6 +35,9 @@ func explainConnectError(err error) error {
 		case pgErr.Code == "55000" && strings.Contains(pgErr.Message, "wal_level"):
 			return &ConfigError{fmt.Errorf("connect: %s; set wal_level = replica (or logical) on the server and restart it", pgErr.Message)}
 		}
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("connect: %w; the server did not complete the connection in time: check the host, the port and the network path (connect_timeout in the connection string sets the limit)", redactErr(err))
 	}
 	return fmt.Errorf("connect: %w", redactErr(err))
 }

@@ -109,7 +109,10 @@ func (s *session) run(ctx context.Context) (Result, error) {
 		_ = conn.Close(cctx)
 	}()
 
-	if s.srv, err = identify(setup, conn); err != nil {
+	if err := s.ask(setup, func(ctx context.Context) (err error) {
+		s.srv, err = identify(ctx, conn)
+		return err
+	}); err != nil {
 		return s.res, err
 	}
 	s.segSize = s.srv.SegmentSize
@@ -120,8 +123,11 @@ func (s *session) run(ctx context.Context) (Result, error) {
 		}
 		return s.res, err // the store failed: the next session tries again
 	}
-	created, err := ensureSlot(setup, conn, s.cfg.Slot)
-	if err != nil {
+	var created bool
+	if err := s.ask(setup, func(ctx context.Context) (err error) {
+		created, err = ensureSlot(ctx, conn, s.cfg.Slot)
+		return err
+	}); err != nil {
 		return s.res, err
 	}
 	if created {
@@ -186,8 +192,12 @@ func (s *session) run(ctx context.Context) (Result, error) {
 // startPoint decides where streaming starts: after what the repository holds
 // of the newest timeline it has WAL of, else at the slot's restart position.
 func (s *session) startPoint(ctx context.Context) (startPoint, error) {
-	slot, slotKnown, err := readSlot(ctx, s.conn, s.cfg.Slot, s.srv.VersionNum)
-	if err != nil {
+	var slot slotState
+	var slotKnown bool
+	if err := s.ask(ctx, func(ctx context.Context) (err error) {
+		slot, slotKnown, err = readSlot(ctx, s.conn, s.cfg.Slot, s.srv.VersionNum)
+		return err
+	}); err != nil {
 		return startPoint{}, err
 	}
 	acked := unknownLSN
@@ -237,9 +247,11 @@ func (s *session) stream(ctx context.Context, sp startPoint) error {
 		start := sp.Segment.Start(s.segSize)
 		s.tli = sp.Segment.TLI
 		s.res.Timeline = s.tli
-		err := pglogrepl.StartReplication(ctx, s.conn, s.cfg.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
-			Timeline: int32(s.tli),
-			Mode:     pglogrepl.PhysicalReplication,
+		err := s.ask(ctx, func(ctx context.Context) error {
+			return pglogrepl.StartReplication(ctx, s.conn, s.cfg.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
+				Timeline: int32(s.tli),
+				Mode:     pglogrepl.PhysicalReplication,
+			})
 		})
 		if next, pos, ok := pglogrepl.IsErrEndTimeline(err); ok {
 			// The start is exactly where timeline s.tli ended.
@@ -283,12 +295,29 @@ func (s *session) stream(ctx context.Context, sp startPoint) error {
 	}
 }
 
+// ask runs f, one exchange with the server, within the receive timeout, so
+// that a server or a path to it that stops answering while a session sets
+// up fails the session, to be tried again, instead of hanging it.
+func (s *session) ask(ctx context.Context, f func(context.Context) error) error {
+	actx, cancel := context.WithTimeout(ctx, s.cfg.receiveTimeout)
+	defer cancel()
+	err := f(actx)
+	if err != nil && ctx.Err() == nil && actx.Err() != nil {
+		return fmt.Errorf("%w (the server did not answer within %s)", err, s.cfg.receiveTimeout)
+	}
+	return err
+}
+
 // storeHistory stores tli's history file before any of its WAL.
 func (s *session) storeHistory(ctx context.Context, tli wal.TimeLineID) error {
 	if tli == 1 {
 		return nil
 	}
-	h, err := pglogrepl.TimelineHistory(ctx, s.conn, int32(tli))
+	var h pglogrepl.TimelineHistoryResult
+	err := s.ask(ctx, func(ctx context.Context) (err error) {
+		h, err = pglogrepl.TimelineHistory(ctx, s.conn, int32(tli))
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("TIMELINE_HISTORY %d: %w", tli, explainServerError(err))
 	}
