@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"os"
+	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -29,7 +32,8 @@ var errDenied = errors.New("AccessDenied")
 
 // policyStore is a file store behind an IAM policy, as S3 maps its calls
 // to actions: Put and Create s3:PutObject, Get and Stat s3:GetObject, List
-// s3:ListBucket (on the bucket), Delete s3:DeleteObject.
+// s3:ListBucket (on the bucket), Delete s3:DeleteObject, Sweep
+// s3:ListBucketMultipartUploads (on the bucket) and s3:AbortMultipartUpload.
 type policyStore struct {
 	inner          *file.Store
 	policy         iamPolicy
@@ -40,6 +44,7 @@ type policyStore struct {
 var (
 	_ storage.Store   = (*policyStore)(nil)
 	_ storage.Creator = (*policyStore)(nil)
+	_ storage.Sweeper = (*policyStore)(nil)
 )
 
 func newPolicyStore(t *testing.T, policy string) *policyStore {
@@ -104,6 +109,42 @@ func (p *policyStore) Delete(ctx context.Context, key string) error {
 		return err
 	}
 	return p.inner.Delete(ctx, key)
+}
+
+func (p *policyStore) Sweep(ctx context.Context, prefix string, cutoff time.Time, remove func(storage.Leftover) bool) error {
+	if err := p.may("s3:ListBucketMultipartUploads", ""); err != nil {
+		return err
+	}
+	var denied error
+	err := p.inner.Sweep(ctx, prefix, cutoff, func(l storage.Leftover) bool {
+		if denied != nil || !remove(l) {
+			return false
+		}
+		denied = p.may("s3:AbortMultipartUpload", l.Key)
+		return denied == nil
+	})
+	if denied != nil {
+		return denied
+	}
+	return err
+}
+
+// leaveLeftover leaves what a write of key killed midway leaves in the
+// file store under s, a day old.
+func leaveLeftover(t *testing.T, s *policyStore, key string) {
+	t.Helper()
+	dir, name := path.Split(key)
+	p := filepath.Join(s.inner.Root(), filepath.FromSlash(dir), "."+name+".tmp-1")
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte("cut short"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-25 * time.Hour)
+	if err := os.Chtimes(p, old, old); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // takeTwice takes the lease name, releases it, and takes it again: the
@@ -192,7 +233,8 @@ func TestArchiverPolicyWorks(t *testing.T) {
 
 // TestPrunerPolicyWorks runs retention under pruner.json: the backup lease,
 // then every delete of a plan that removes backups, unfinished backups and
-// WAL of every kind; and checks what the pruner cannot do.
+// WAL of every kind, and the sweep of what interrupted uploads left; and
+// checks what the pruner cannot do.
 func TestPrunerPolicyWorks(t *testing.T) {
 	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
 	backup := func(daysAgo int, startSeg uint64) catalog.Backup {
@@ -224,14 +266,23 @@ func TestPrunerPolicyWorks(t *testing.T) {
 		for _, k := range plan.DeleteKeys {
 			put(t, s, k)
 		}
+		keys := repositoryKeys()
+		for _, kind := range []string{"base.tar", "segment"} {
+			leaveLeftover(t, s, keys[kind])
+		}
 		repo := catalog.New(s, catalog.Options{})
 		lerr := takeTwice(t, s, archiver.BackupLease)
 		_, perr := scheduler.Prune(context.Background(), repo, plan, nil)
+		sweep, serr := scheduler.PlanSweep(context.Background(), repo, time.Now().Add(-24*time.Hour), false)
+		n := 0
+		if serr == nil {
+			n, serr = scheduler.Sweep(context.Background(), repo, sweep, nil)
+		}
 		switch {
-		case policy == "pruner.json" && (lerr != nil || perr != nil || len(s.denied) > 0):
-			t.Errorf("retention under pruner.json: lease %v, prune %v, refused %q", lerr, perr, s.denied)
-		case policy == "archiver.json" && !errors.Is(perr, errDenied):
-			t.Errorf("retention under archiver.json: %v, want it refused", perr)
+		case policy == "pruner.json" && (lerr != nil || perr != nil || serr != nil || n != 2 || len(s.denied) > 0):
+			t.Errorf("retention under pruner.json: lease %v, prune %v, sweep %d leftovers %v, refused %q", lerr, perr, n, serr, s.denied)
+		case policy == "archiver.json" && (!errors.Is(perr, errDenied) || !errors.Is(serr, errDenied)):
+			t.Errorf("retention under archiver.json: prune %v, sweep %v; want both refused", perr, serr)
 		}
 	}
 	s := newPolicyStore(t, "pruner.json")

@@ -11,6 +11,8 @@
 //
 // Objects appear atomically: a reader sees either no object or the whole of
 // it, never a partial one, and a failed or cancelled Put leaves nothing
-// visible. Integrity of the bytes themselves is the codec's job
+// visible. A write whose process is killed may still leave a leftover that
+// takes space (a temporary file, an incomplete multipart upload); backends
+// that can find them implement Sweeper. Integrity of the bytes themselves is the codec's job
 // (storage/codec); a store only moves them.
 package storage

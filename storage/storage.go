@@ -63,6 +63,27 @@ type Creator interface {
 	Create(ctx context.Context, key string, r io.Reader) error
 }
 
+// Leftover is what a write cut short can leave behind when its process is
+// killed before it could clean up: a backend's temporary file or an
+// incomplete multipart upload. It holds no visible object (List, Stat and Get
+// never show it) but takes space until it is removed.
+type Leftover struct {
+	Key  string    `json:"key"`  // the key the write was for
+	ID   string    `json:"id"`   // the backend's name for it: a temporary file's name, an upload's id
+	Time time.Time `json:"time"` // when the write began; for a temporary file, when it was last written
+}
+
+// Sweeper is the optional capability of finding and removing leftovers.
+type Sweeper interface {
+	// Sweep visits the leftovers of writes of keys that start with prefix
+	// and began before cutoff, and removes each one for which remove
+	// returns true. A write that began at or after cutoff is never
+	// visited, but a running write that began earlier looks like a
+	// leftover: callers pick a cutoff older than any write still running.
+	// Removing a leftover leaves every object as it was.
+	Sweep(ctx context.Context, prefix string, cutoff time.Time, remove func(Leftover) bool) error
+}
+
 // ValidKey reports whether key follows the key rules of this package, with an
 // error that says what is wrong.
 func ValidKey(key string) error {

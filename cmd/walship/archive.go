@@ -55,6 +55,7 @@ func (e *env) archiveCommand() *cli.Command {
 		&cli.StringFlag{Name: "prune-schedule", EnvVars: []string{"WALSHIP_PRUNE_SCHEDULE"}, Usage: "apply --keep/--keep-within on this cron `SCHEDULE` while archiving"},
 		&cli.IntFlag{Name: "keep", EnvVars: []string{"WALSHIP_KEEP"}, Usage: "with --prune-schedule: keep the `N` newest backups"},
 		&cli.DurationFlag{Name: "keep-within", EnvVars: []string{"WALSHIP_KEEP_WITHIN"}, Usage: "with --prune-schedule: keep what recovery to any moment of the last `D` needs"},
+		sweepFlag("with --prune-schedule: "),
 		&cli.DurationFlag{Name: "stop-timeout", EnvVars: []string{"WALSHIP_STOP_TIMEOUT"}, Value: archiver.DefaultStopTimeout, Usage: "how long a stop may take to store and acknowledge what was received"},
 		&cli.StringFlag{Name: "metrics-addr", EnvVars: []string{"WALSHIP_METRICS_ADDR"}, Usage: "serve Prometheus metrics (/metrics), /healthz and /readyz at `HOST:PORT`"},
 	}, heartbeatFlags()...)
@@ -192,7 +193,11 @@ func (e *env) schedules(c *cli.Context, repo *catalog.Repo, stats *archiver.Stat
 		if err := policy.Validate(); err != nil {
 			return nil, usagef("--prune-schedule: %v", err)
 		}
-		r.Add(c.Context, "prune", sched, func(ctx context.Context) error { return prune(ctx, repo, policy, e.log, false, nil) })
+		sweepAge, err := sweepAge(c)
+		if err != nil {
+			return nil, err
+		}
+		r.Add(c.Context, "prune", sched, func(ctx context.Context) error { return prune(ctx, repo, policy, sweepAge, e.log, false, nil) })
 	}
 	return r, nil
 }

@@ -85,7 +85,7 @@ func Stream[P any](ctx context.Context, t Target[P], r io.Reader, cfg Config) er
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
 		if aerr := up.Abort(actx); aerr != nil {
-			err = errors.Join(err, fmt.Errorf("abort multipart upload (its parts remain until a lifecycle rule removes them): %w", aerr))
+			err = errors.Join(err, fmt.Errorf("abort multipart upload (its parts remain until walship prune sweeps them, after --sweep-older-than): %w", aerr))
 		}
 	}
 	return err

@@ -18,6 +18,7 @@ import (
 var (
 	_ storage.Store   = (*Store)(nil)
 	_ storage.Creator = (*Store)(nil)
+	_ storage.Sweeper = (*Store)(nil)
 )
 
 // Store is a storage.Store rooted at a local directory.
@@ -74,10 +75,7 @@ func (s *Store) write(ctx context.Context, key string, r io.Reader, publish func
 		return err
 	}
 	dir := filepath.Dir(dst)
-	if err := mkdirAll(dir); err != nil {
-		return fmt.Errorf("put %s: %w", key, err)
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(dst)+".tmp-*")
+	f, err := createTemp(dir, "."+filepath.Base(dst)+tempInfix+"*")
 	if err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
@@ -103,7 +101,8 @@ func (s *Store) write(ctx context.Context, key string, r io.Reader, publish func
 	if err := publish(tmp, dst); err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
-	if err := syncDir(dir); err != nil {
+	// A directory gone since is one a Delete of this key emptied.
+	if err := syncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("put %s: sync directory: %w", key, err)
 	}
 	return nil
@@ -152,17 +151,49 @@ func (s *Store) Stat(ctx context.Context, key string) (storage.ObjectInfo, error
 	return storage.ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}, nil
 }
 
-// Delete implements storage.Store. The directory is not synced afterwards: a
-// delete lost to a power failure only brings back an object nobody needs.
+// Delete implements storage.Store, and removes the directories it leaves
+// empty. The directory is not synced afterwards: a delete lost to a power
+// failure only brings back an object nobody needs.
 func (s *Store) Delete(ctx context.Context, key string) error {
 	p, err := s.path(key)
 	if err != nil {
 		return err
 	}
-	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := os.Remove(p); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
 		return fmt.Errorf("delete %s: %w", key, err)
 	}
+	s.removeEmptyDirs(filepath.Dir(p))
 	return nil
+}
+
+// createTemp creates a temporary file in dir, making dir first. A Delete
+// or Sweep may remove dir, emptied, between the two: then it tries again.
+func createTemp(dir, pattern string) (f *os.File, err error) {
+	for range 5 {
+		if err = mkdirAll(dir); err == nil {
+			if f, err = os.CreateTemp(dir, pattern); err == nil {
+				return f, nil
+			}
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+	}
+	return nil, err
+}
+
+// removeEmptyDirs removes dir and then its parents, up to the root, as long
+// as they are empty.
+func (s *Store) removeEmptyDirs(dir string) {
+	for dir != s.root && strings.HasPrefix(dir, s.root+string(filepath.Separator)) {
+		if os.Remove(dir) != nil {
+			return
+		}
+		dir = filepath.Dir(dir)
+	}
 }
 
 // List implements storage.Store. Directories are walked depth first with each

@@ -6,5 +6,6 @@
 // as a multipart upload with a bounded number of part buffers in flight, and
 // is aborted on any failure, so that a failed upload never shows an object.
 // Conditional creation uses If-None-Match: * on PutObject or on
-// CompleteMultipartUpload.
+// CompleteMultipartUpload. A process killed mid-upload leaves an incomplete
+// multipart upload, which Sweep aborts once it is older than a cut-off.
 package s3

@@ -60,6 +60,7 @@ func RunBehaviour(t *testing.T, newStore func(t *testing.T) storage.Store, opts 
 	t.Run("CancelledPut", func(t *testing.T) { testCancelledPut(t, newStore(t)) })
 	t.Run("FailingReader", func(t *testing.T) { testFailingReader(t, newStore(t)) })
 	t.Run("Codec", func(t *testing.T) { testCodec(t, newStore(t)) })
+	t.Run("Sweep", func(t *testing.T) { testSweep(t, newStore(t)) })
 }
 
 func ctx(t *testing.T) context.Context { return t.Context() }
