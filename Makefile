@@ -39,9 +39,11 @@ bench: services build
 	$(GO) run ./bench/backup -scale 100
 
 # soak runs the randomized trials long: 100 kills (and SIGTERMs and
-# PostgreSQL restarts) of the archiver under load, each checked by a restore
-# (restore) or against the slot (archiver). Not part of test. Replay a run
-# with WALSHIP_TRIAL_SEED=<the seed it logged>.
+# PostgreSQL restarts) of the archiver under load, half of them (restore)
+# under a storage fault of MinIO's (resets, cut requests, 500/503, an
+# outage of writes, latency), each checked by a restore (restore) or
+# against the slot (archiver). Not part of test. Replay a run with
+# WALSHIP_TRIAL_SEED=<the seed it logged>.
 soak: services
 	WALSHIP_TRIALS=$${WALSHIP_TRIALS:-100} $(SERVE) $(GO) test -p 1 -count=1 -timeout 3h -run '^(TestTrials|TestKillTrials)$$' -v ./restore ./archiver
 
@@ -67,14 +69,17 @@ fuzz:
 	$(FUZZ) -fuzz '^FuzzParseMeta$$' ./storage/catalog
 	$(FUZZ) -fuzz '^FuzzParseWALKey$$' ./storage/catalog
 	$(FUZZ) -fuzz '^FuzzDecodeIndex$$' ./storage/catalog
+	$(FUZZ) -fuzz '^FuzzNewReader$$' ./storage/codec
 	$(FUZZ) -fuzz '^FuzzParse$$' ./storage/location
 	$(FUZZ) -fuzz '^FuzzParseSecret$$' ./storage/location
 	$(FUZZ) -fuzz '^FuzzParseSize$$' ./storage/location
 	$(FUZZ) -fuzz '^FuzzParseSchedule$$' ./scheduler
 	$(FUZZ) -fuzz '^FuzzSplitWriter$$' ./archiver
 	$(FUZZ) -fuzz '^FuzzRedact$$' ./archiver
+	$(FUZZ) -fuzz '^FuzzBaseBackupStream$$' ./archiver
 	$(FUZZ) -fuzz '^FuzzExtract$$' ./restore
 	$(FUZZ) -fuzz '^FuzzReadSettings$$' ./cmd/walship
+	$(FUZZ) -fuzz '^FuzzParseTargetTime$$' ./cmd/walship
 
 demo: build
 	bash scripts/install-postgres.sh

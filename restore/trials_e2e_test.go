@@ -2,6 +2,7 @@ package restore
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -16,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walship/walship/internal/clitest"
+	"github.com/walship/walship/internal/faultproxy"
 	"github.com/walship/walship/internal/pgtest"
 	"github.com/walship/walship/internal/wal"
 )
@@ -28,16 +30,31 @@ type committed struct {
 	flush wal.LSN // at or after its commit record's end
 }
 
+// trialFaults are the storage faults a trial may run its archiver under,
+// on the WAL it writes and reads (the lease is tested on its own).
+var trialFaults = [][]faultproxy.Rule{
+	{{Op: faultproxy.Put, Key: "/wal/", Fault: faultproxy.Reset, Every: 3}},
+	{{Op: faultproxy.Put, Key: "/wal/", Fault: faultproxy.ResetAfter, Every: 3}},
+	{{Op: faultproxy.Put, Key: "/wal/", Fault: faultproxy.TruncateRequest, Every: 3}},
+	{{Op: faultproxy.Any, Key: "/wal/", Cycle: []faultproxy.Fault{faultproxy.SlowDown, faultproxy.InternalError}, Every: 2}},
+	{{Op: faultproxy.Any, Fault: faultproxy.Delay, Delay: 150 * time.Millisecond}},
+	{{Op: faultproxy.Put, Key: "/wal/", Fault: faultproxy.SlowDown}}, // an outage of writes
+	{{Op: faultproxy.Get, Key: "/wal/", Fault: faultproxy.Truncate, Every: 2}, {Op: faultproxy.List, Key: "wal/", Fault: faultproxy.Reset, Every: 2}},
+}
+
 // TestTrials is a randomized trial harness: under a write load, each trial
-// starts the archiver and ends it at a random moment with SIGKILL (or, now
-// and then, SIGTERM, or a restart of PostgreSQL under it), then restores to
+// starts the archiver, with a storage fault now and then (the repository is
+// MinIO behind a fault-injecting proxy), and ends it at a random moment with
+// SIGKILL (or, now and then, SIGTERM, or a restart of PostgreSQL under it),
+// then restores to
 // the position the primary was told is flushed and checks the restore
 // against the primary: every batch committed before that position is there
 // (the restore is of everything the repository holds, which is at least
 // that),
-// and what is there equals the primary's rows with those ids. The seed
-// (WALSHIP_TRIAL_SEED) replays a run; WALSHIP_TRIALS sets the count (make
-// soak runs 100; the suite runs a few).
+// and what is there equals the primary's rows with those ids. No object is
+// ever stored twice with different bytes. The seed (WALSHIP_TRIAL_SEED)
+// replays a run; WALSHIP_TRIALS sets the count (make soak runs 100; the
+// suite runs a few).
 func TestTrials(t *testing.T) {
 	trials := 3
 	if n, err := strconv.Atoi(os.Getenv("WALSHIP_TRIALS")); err == nil && n > 0 {
@@ -51,8 +68,10 @@ func TestTrials(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 1))
 
 	bin := clitest.Binary(t)
+	srv := minioEnv(t)
+	proxy := faultproxy.Start(t, srv.URL())
 	c := pgtest.Start(t, pgtest.Options{Version: 16})
-	repo := "file://" + filepath.Join(pgtest.MkdirOwned(t), "repo")
+	repo := "s3://" + srv.Bucket(t) + "/trials?endpoint=" + proxy.URL()
 	walship := func(args ...string) *exec.Cmd {
 		cmd := exec.Command(bin, append([]string{"--repo", repo}, args...)...)
 		cmd.Dir = "/"
@@ -138,6 +157,11 @@ func TestTrials(t *testing.T) {
 		waitFor(t, time.Minute, "the archiver to stream", func() bool {
 			return c.Scalar(t, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walship' AND state = 'streaming'") == "1"
 		})
+		var faults []faultproxy.Rule
+		if trials < 10 || rng.IntN(2) == 0 {
+			faults = trialFaults[rng.IntN(len(trialFaults))]
+			proxy.Set(faults...)
+		}
 		time.Sleep(time.Duration(rng.IntN(1500)) * time.Millisecond)
 		how := "SIGKILL"
 		r := rng.IntN(10)
@@ -161,8 +185,18 @@ func TestTrials(t *testing.T) {
 			_ = cmd.Process.Signal(syscall.SIGKILL)
 		}
 		err := cmd.Wait()
+		injected := proxy.Injected()
+		proxy.Clear()
+		if len(faults) > 0 {
+			how += fmt.Sprintf(" under %v (injected %v)", faults, injected)
+		}
+		// Under a storage fault a stop may fail (what it could not store
+		// it did not acknowledge); otherwise it must not.
 		if how == "SIGTERM" && err != nil {
 			t.Fatalf("trial %d: archiver after SIGTERM: %v\n%s", i, err, log)
+		}
+		if strings.HasPrefix(how, "SIGTERM") && err != nil {
+			t.Logf("trial %d: the archiver's stop under a storage fault failed: %v\n%s", i, err, lastLines(log.String(), 3))
 		}
 		waitFor(t, time.Minute, "the archiver's walsender to go", func() bool {
 			return c.Scalar(t, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walship'") == "0"
@@ -184,6 +218,9 @@ func TestTrials(t *testing.T) {
 		if got.digest != primary {
 			t.Fatalf("trial %d: the restore's rows (%s) are not the primary's rows with those ids (%s)", i, got.digest, primary)
 		}
+	}
+	for _, o := range proxy.Overwrites("/locks/") {
+		t.Errorf("stored twice with different bytes: %s", o)
 	}
 }
 
