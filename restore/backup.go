@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/walship/walship/internal/progress"
 	"github.com/walship/walship/storage"
@@ -209,30 +208,23 @@ func copyObject(ctx context.Context, repo *catalog.Repo, key, dest string, log *
 // the download it read, if it opened one, and leaves nothing of a failed
 // attempt behind.
 func downloadRetrying(ctx context.Context, log *slog.Logger, key string, attempt func() (*download, error)) error {
-	backoff := DefaultBackoff
-	for n := 1; ; n++ {
-		d, err := attempt()
-		if err == nil {
-			return nil
-		}
-		if d != nil && d.meter != nil {
-			d.meter.Add(-d.n)
-		}
-		cause := err
-		if d != nil {
-			cause = d.err
-		}
-		if cause == nil || !transient(cause) || errors.Is(cause, storage.ErrNotExist) || n >= DefaultAttempts || ctx.Err() != nil {
+	var d *download
+	return retrying(ctx, log, "download failed; trying again", key, DefaultAttempts, DefaultBackoff,
+		func() error {
+			var err error
+			d, err = attempt()
+			if err != nil && d != nil && d.meter != nil {
+				d.meter.Add(-d.n)
+			}
 			return err
-		}
-		log.Warn("download failed; trying again", attrName, key, attrAttempt, n, attrError, err)
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(backoff):
-		}
-		backoff *= 2
-	}
+		},
+		func(err error) bool {
+			cause := err
+			if d != nil {
+				cause = d.err
+			}
+			return cause != nil && transient(cause) && !errors.Is(cause, storage.ErrNotExist)
+		})
 }
 
 // download reads an object, counting its bytes into meter (if not nil) and

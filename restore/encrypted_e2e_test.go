@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -43,10 +42,7 @@ func TestEncryptedRepository(t *testing.T) {
 	repoDir := filepath.Join(pgtest.MkdirOwned(t), "repo")
 	repo := "file://" + repoDir
 	walship := func(args ...string) (string, error) {
-		cmd := exec.Command(bin, append([]string{"--repo", repo}, args...)...)
-		cmd.Dir = "/"
-		pgtest.RunAs(t, cmd)
-		out, err := cmd.CombinedOutput()
+		out, err := walshipOn(t, bin, repo)(args...).CombinedOutput()
 		return string(out), err
 	}
 	recipient := []string{"--age-recipient", id.Recipient().String()}

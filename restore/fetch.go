@@ -114,12 +114,21 @@ func (f *Fetcher) Fetch(ctx context.Context, name, dest string) error {
 	if taken, err := f.FromSpool(name, dest); taken || err != nil {
 		return err
 	}
-	for attempt := 1; ; attempt++ {
-		err := f.fetch(ctx, log, name, dest)
-		if err == nil || !transient(err) || attempt >= attempts || ctx.Err() != nil {
+	return retrying(ctx, log, "fetch failed; trying again", name, attempts, backoff,
+		func() error { return f.fetch(ctx, log, name, dest) }, transient)
+}
+
+// retrying calls attempt until it succeeds, fails with an error that again
+// says trying again cannot fix, or has failed attempts times, waiting
+// backoff, then twice as long each time, in between; it logs each failure
+// it tries again after as msg, with name.
+func retrying(ctx context.Context, log *slog.Logger, msg, name string, attempts int, backoff time.Duration, attempt func() error, again func(error) bool) error {
+	for n := 1; ; n++ {
+		err := attempt()
+		if err == nil || !again(err) || n >= attempts || ctx.Err() != nil {
 			return err
 		}
-		log.Warn("fetch failed; trying again", attrName, name, attrAttempt, attempt, attrError, err)
+		log.Warn(msg, attrName, name, attrAttempt, n, attrError, err)
 		select {
 		case <-ctx.Done():
 			return err

@@ -287,6 +287,17 @@ func waldumpFetched(t *testing.T, bin, repo string, segSize uint64) string {
 // minioEnv starts the test run's MinIO for t and puts its credentials in
 // the environment, which walship, the servers, and so archive_command and
 // restore_command, inherit.
+// walshipOn returns a maker of walship commands on repoURL, run as the
+// server user from /.
+func walshipOn(t *testing.T, bin, repoURL string) func(args ...string) *exec.Cmd {
+	return func(args ...string) *exec.Cmd {
+		cmd := exec.Command(bin, append([]string{"--repo", repoURL}, args...)...)
+		cmd.Dir = "/"
+		pgtest.RunAs(t, cmd)
+		return cmd
+	}
+}
+
 func minioEnv(t *testing.T) *miniotest.Server {
 	srv := miniotest.Start(t)
 	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)

@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -26,12 +25,7 @@ func TestScheduledBackups(t *testing.T) {
 	repoURL := "file://" + filepath.Join(pgtest.MkdirOwned(t), "repo")
 	c := pgtest.Start(t, pgtest.Options{})
 	c.Exec(t, "CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g")
-	run := func(args ...string) *exec.Cmd {
-		cmd := exec.Command(bin, append([]string{"--repo", repoURL}, args...)...)
-		cmd.Dir = "/"
-		pgtest.RunAs(t, cmd)
-		return cmd
-	}
+	run := walshipOn(t, bin, repoURL)
 	logPath := filepath.Join(pgtest.MkdirOwned(t), "archiver.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
@@ -102,12 +96,7 @@ func TestScheduledBackupFails(t *testing.T) {
 	repoURL := "file://" + repoDir
 	c := pgtest.Start(t, pgtest.Options{})
 	c.Exec(t, "CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g")
-	run := func(args ...string) *exec.Cmd {
-		cmd := exec.Command(bin, append([]string{"--repo", repoURL}, args...)...)
-		cmd.Dir = "/"
-		pgtest.RunAs(t, cmd)
-		return cmd
-	}
+	run := walshipOn(t, bin, repoURL)
 	backups := filepath.Join(repoDir, "backups")
 	if err := os.MkdirAll(backups, 0o755); err != nil {
 		t.Fatal(err)

@@ -3,7 +3,6 @@ package restore
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -33,10 +32,7 @@ func TestRestoreAcrossTimelines(t *testing.T) {
 	})
 	walship := func(args ...string) string {
 		t.Helper()
-		cmd := exec.Command(bin, append([]string{"--repo", repoURL}, args...)...)
-		cmd.Dir = "/"
-		pgtest.RunAs(t, cmd)
-		out, err := cmd.CombinedOutput()
+		out, err := walshipOn(t, bin, repoURL)(args...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("walship %q: %v\n%s", args, err, out)
 		}

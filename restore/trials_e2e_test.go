@@ -72,12 +72,7 @@ func TestTrials(t *testing.T) {
 	proxy := faultproxy.Start(t, srv.URL())
 	c := pgtest.Start(t, pgtest.Options{Version: 16})
 	repo := "s3://" + srv.Bucket(t) + "/trials?endpoint=" + proxy.URL()
-	walship := func(args ...string) *exec.Cmd {
-		cmd := exec.Command(bin, append([]string{"--repo", repo}, args...)...)
-		cmd.Dir = "/"
-		pgtest.RunAs(t, cmd)
-		return cmd
-	}
+	walship := walshipOn(t, bin, repo)
 	c.Exec(t, "CREATE TABLE trial (id bigint PRIMARY KEY, v text)")
 	if out, err := walship("backup", "--fast", "--pg", c.ConnString()).CombinedOutput(); err != nil {
 		t.Fatalf("backup: %v\n%s", err, out)
