@@ -37,6 +37,27 @@ func background(t testing.TB, repo *catalog.Repo, cfg Config) func() (Result, er
 	}
 }
 
+// stopCaughtUp waits until the archiver has told the primary that target
+// is flushed (calling alive, if not nil, to fail early if it ended), stops
+// it with stop, and fails t unless it ended cleanly with target durable.
+func stopCaughtUp(t *testing.T, c *pgtest.Cluster, target wal.LSN, stop func() (Result, error), alive func(*testing.T)) Result {
+	t.Helper()
+	waitFor(t, "the archiver to catch up with "+target.String(), func() bool {
+		if alive != nil {
+			alive(t)
+		}
+		return c.Scalar(t, "SELECT coalesce(bool_or(flush_lsn >= $1::pg_lsn), false) FROM pg_stat_replication WHERE application_name = 'walship'", target.String()) == "t"
+	})
+	res, err := stop()
+	if err != nil {
+		t.Fatalf("the archiver failed: %v", err)
+	}
+	if res.Durable < target {
+		t.Fatalf("durable %s < %s", res.Durable, target)
+	}
+	return res
+}
+
 // waitFor polls cond until it holds or the test's deadline is near.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()

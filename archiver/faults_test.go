@@ -144,16 +144,7 @@ func TestReconnect(t *testing.T) {
 	}
 	workload(t, c, 1000)
 	target := flushLSN(t, c)
-	waitFor(t, "catch-up after reconnects", func() bool {
-		return c.Scalar(t, "SELECT coalesce(bool_or(flush_lsn >= $1::pg_lsn), false) FROM pg_stat_replication", target.String()) == "t"
-	})
-	res, err := stop()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Durable < target {
-		t.Fatalf("durable %s < %s", res.Durable, target)
-	}
+	res := stopCaughtUp(t, c, target, stop, nil)
 	complete, pieces := segmentsIn(t, repo, 1<<20)
 	checkContinuous(t, complete, pieces)
 	dir := fetchAll(t, repo, 1, 1<<20)

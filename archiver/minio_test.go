@@ -47,16 +47,7 @@ func TestObjectStores(t *testing.T) {
 			c.Exec(t, "SELECT pg_switch_wal()")
 			workload(t, c, 1000)
 			target := flushLSN(t, c)
-			waitFor(t, "the archiver to catch up", func() bool {
-				return c.Scalar(t, "SELECT flush_lsn >= $1::pg_lsn FROM pg_stat_replication WHERE application_name = 'walship'", target.String()) == "t"
-			})
-			res, err := stop()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if res.Durable < target {
-				t.Fatalf("durable %s < %s", res.Durable, target)
-			}
+			stopCaughtUp(t, c, target, stop, nil)
 			complete, pieces := segmentsIn(t, repo, 1<<20)
 			checkContinuous(t, complete, pieces)
 			if len(complete) < 3 {
