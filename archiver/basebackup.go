@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"strconv"
 	"strings"
 
@@ -415,6 +416,9 @@ func (s *backupStream) dataRow(m *pgproto3.DataRow) error {
 		s.listed[ts.oid] = true
 		s.tablespaces = append(s.tablespaces, ts)
 		if s.estimate != nil && ts.size >= 0 {
+			if ts.size > (math.MaxInt64-s.estimated)>>10 {
+				return fmt.Errorf("server estimated tablespace %d at %d kB, past any backup's size", ts.oid, ts.size)
+			}
 			s.estimated += ts.size << 10
 			s.estimate(s.estimated)
 		}

@@ -228,6 +228,11 @@ func parseTargetTime(s string) (time.Time, error) {
 			if layout == targetTimeLayouts[len(targetTimeLayouts)-1] && !strings.HasSuffix(s, "UTC") {
 				continue // only UTC among zone abbreviations: others are ambiguous
 			}
+			// recovery_target_time is written in UTC with a four-digit
+			// year, and PostgreSQL has no year 0.
+			if y := t.UTC().Year(); y < 1 || y > 9999 {
+				return time.Time{}, fmt.Errorf("the year in UTC is %d; want 1 to 9999", y)
+			}
 			// PostgreSQL's timestamps are microseconds: plan with what
 			// recovery will compare.
 			return t.Truncate(time.Microsecond), nil
