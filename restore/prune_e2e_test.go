@@ -14,16 +14,20 @@ import (
 	"github.com/walship/walship/internal/clitest"
 	"github.com/walship/walship/internal/pgtest"
 	"github.com/walship/walship/storage/catalog"
+	"github.com/walship/walship/storage/lease"
 	"github.com/walship/walship/storage/location"
 )
 
-// TestPruneThenRecover takes three backups, kills a fourth midway, prunes
-// with --keep 2, and checks: the killed backup was never visible and
-// leaves nothing behind, the oldest backup and the WAL only it needed are
-// gone, and point-in-time recovery to the oldest kept point still works.
+// TestPruneThenRecover takes three backups, kills a fourth midway (one of
+// its archive objects stored, the next one being written), prunes with
+// --keep 2 while the archiver runs, and checks: the killed backup was never
+// visible and leaves nothing behind, not even its temporary file, the
+// oldest backup and the WAL only it needed are gone, and point-in-time
+// recovery to the oldest kept point still works.
 func TestPruneThenRecover(t *testing.T) {
 	bin := clitest.Binary(t)
-	repoURL := "file://" + filepath.Join(pgtest.MkdirOwned(t), "repo")
+	repoDir := filepath.Join(pgtest.MkdirOwned(t), "repo")
+	repoURL := "file://" + repoDir
 	c := pgtest.Start(t, pgtest.Options{})
 	c.Exec(t, "CREATE TABLE load (id bigserial PRIMARY KEY, v text)")
 	arch := startArchiver(t, bin, repoURL, c)
@@ -48,15 +52,23 @@ func TestPruneThenRecover(t *testing.T) {
 	}
 	rowsAtOldestKept := c.Scalar(t, "SELECT count(*) FROM load")
 	_ = rowsAtOldestKept
-	// A backup killed midway.
+	// A backup killed midway, throttled so that it is midway for seconds.
 	c.Exec(t, "INSERT INTO load (v) SELECT md5(g::text) FROM generate_series(1, 20000) g")
-	killed := run("backup", "--fast", "--pg", c.ConnString(), "--lease-ttl", "3s")
+	killed := run("backup", "--fast", "--pg", c.ConnString(), "--lease-ttl", "1s", "--max-rate", "4096", "--part-size", "1MiB")
 	if err := killed.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(150 * time.Millisecond)
+	t.Cleanup(func() { _ = killed.Process.Kill(); _ = killed.Wait() })
+	raw := &rawRepo{store: "file", dir: repoDir}
+	var killedID string
+	waitFor(t, time.Minute, "the fourth backup midway", func() bool {
+		killedID = midway(raw.raw(t), ids[2], true)
+		return killedID != ""
+	})
 	_ = killed.Process.Signal(syscall.SIGKILL)
+	killedAt := time.Now()
 	_ = killed.Wait()
+	t.Logf("killed backup %s holding %q", killedID, under(raw.raw(t), killedID))
 
 	list := func() listingJSON {
 		out, err := run("list", "--json").Output()
@@ -72,8 +84,11 @@ func TestPruneThenRecover(t *testing.T) {
 	if l := list(); len(l.Backups) != 3 {
 		t.Fatalf("list shows %d backups after a killed one, want the 3 complete ones", len(l.Backups))
 	}
-	time.Sleep(5 * time.Second) // the killed backup's lease expires (TTL 3s + 1s skew)
-	if out, err := run("prune", "--keep", "2").CombinedOutput(); err != nil {
+	// The killed backup's lease expires (TTL 1s), and prune waits out the
+	// clock skew it allows. The archiver writes meanwhile: a sweep of what
+	// is older than 2s never meets its writes.
+	time.Sleep(time.Until(killedAt.Add(time.Second + lease.DefaultClockSkew + 500*time.Millisecond)))
+	if out, err := run("prune", "--keep", "2", "--sweep-older-than", "2s").CombinedOutput(); err != nil {
 		t.Fatalf("prune: %v\n%s", err, out)
 	}
 	l := list()
@@ -89,12 +104,13 @@ func TestPruneThenRecover(t *testing.T) {
 		t.Fatal(err)
 	}
 	repo := catalog.New(st, catalog.Options{})
-	for oi, err := range st.List(t.Context(), catalog.BackupsPrefix) {
-		if err != nil {
-			t.Fatal(err)
+	for _, e := range raw.raw(t) {
+		kind, path, _ := strings.Cut(e, " ")
+		if !strings.HasPrefix(path, catalog.BackupsPrefix) || path == catalog.BackupsPrefix {
+			continue
 		}
-		if !strings.HasPrefix(oi.Key, catalog.BackupsPrefix+ids[1]+"/") && !strings.HasPrefix(oi.Key, catalog.BackupsPrefix+ids[2]+"/") {
-			t.Errorf("stray object after prune: %s", oi.Key)
+		if kind == "temp" || !strings.HasPrefix(path, catalog.BackupsPrefix+ids[1]+"/") && !strings.HasPrefix(path, catalog.BackupsPrefix+ids[2]+"/") {
+			t.Errorf("stray after prune: %s", e)
 		}
 	}
 	oldest, err := repo.ReadBackup(t.Context(), ids[1])
