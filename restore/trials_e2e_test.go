@@ -173,7 +173,8 @@ func TestTrials(t *testing.T) {
 			t.Logf("trial %d: restarting PostgreSQL", i)
 			// The primary's shutdown waits for the archiver to confirm
 			// the WAL it was sent, as for any standby, and under a write
-			// outage that takes until its uploads give up (about 25 s):
+			// outage that takes until its uploads give up (half a minute
+			// or more):
 			// longer than the test cluster's stop allows. The fault
 			// ends before the restart; the archiver meets it in flight.
 			injected = proxy.Injected()

@@ -291,11 +291,18 @@ func (c *Cluster) serverDataDir(ctx context.Context) (string, error) {
 // running, had exited on its own, or does not stop within 10 seconds.
 func (c *Cluster) Stop(t testing.TB) {
 	t.Helper()
+	c.StopWithin(t, stopTimeout)
+}
+
+// StopWithin is Stop with its own limit: a shutdown can wait that long for
+// the server's walsenders to be told their WAL is flushed.
+func (c *Cluster) StopWithin(t testing.TB, limit time.Duration) {
+	t.Helper()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	srv := c.running(t)
 	c.srv = nil
-	if err := stop(srv); err != nil {
+	if err := stop(srv, limit); err != nil {
 		t.Fatalf("stop PostgreSQL %d in %s: %v; server log:\n%s", c.version, c.dataDir, err, c.logTail())
 	}
 }
@@ -350,7 +357,7 @@ func (c *Cluster) cleanup(t testing.TB) {
 		case <-srv.done:
 			t.Errorf("PostgreSQL %d in %s had exited on its own (%v)", c.version, c.dataDir, srv.err)
 		default:
-			if err := stop(srv); err != nil {
+			if err := stop(srv, stopTimeout); err != nil {
 				t.Errorf("stop PostgreSQL %d in %s: %v", c.version, c.dataDir, err)
 			}
 		}
@@ -363,19 +370,19 @@ func (c *Cluster) cleanup(t testing.TB) {
 	}
 }
 
-// stop asks for a fast shutdown and waits stopTimeout for it, then kills.
+// stop asks for a fast shutdown and waits limit for it, then kills.
 // Signals to the postmaster go through os.Process, which knows when it has
 // been reaped, so that they never reach a process that reused its pid.
-func stop(srv *server) error {
+func stop(srv *server, limit time.Duration) error {
 	if err := srv.cmd.Process.Signal(syscall.SIGINT); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return fmt.Errorf("signal postmaster %d: %w", srv.cmd.Process.Pid, err)
 	}
 	select {
 	case <-srv.done:
 		return srv.err
-	case <-time.After(stopTimeout):
+	case <-time.After(limit):
 		kill(srv)
-		return fmt.Errorf("postmaster %d did not shut down within %v; killed it", srv.cmd.Process.Pid, stopTimeout)
+		return fmt.Errorf("postmaster %d did not shut down within %v; killed it", srv.cmd.Process.Pid, limit)
 	}
 }
 
