@@ -69,6 +69,20 @@ type SweepPlan struct {
 	Notes []string           `json:"notes,omitempty"`
 }
 
+// sweptPrefixes are where walship writes: a sweep looks nowhere else, for
+// a bucket may hold other repositories and other tools' uploads.
+var sweptPrefixes = []string{"wal/", catalog.BackupsPrefix, "locks/", "check/", catalog.MetaKey}
+
+// sweepAll runs sw.Sweep over every prefix walship writes under.
+func sweepAll(ctx context.Context, sw storage.Sweeper, before time.Time, remove func(storage.Leftover) bool) error {
+	for _, p := range sweptPrefixes {
+		if err := sw.Sweep(ctx, p, before, remove); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // PlanSweep lists the leftovers of writes begun before before; while a
 // backup runs (backupRunning), those under backups/ are kept.
 func PlanSweep(ctx context.Context, repo *catalog.Repo, before time.Time, backupRunning bool) (SweepPlan, error) {
@@ -78,7 +92,7 @@ func PlanSweep(ctx context.Context, repo *catalog.Repo, before time.Time, backup
 		plan.Notes = append(plan.Notes, "this store cannot find what interrupted writes left behind")
 		return plan, nil
 	}
-	err := sw.Sweep(ctx, "", before, func(l storage.Leftover) bool {
+	err := sweepAll(ctx, sw, before, func(l storage.Leftover) bool {
 		if backupRunning && strings.HasPrefix(l.Key, catalog.BackupsPrefix) {
 			plan.Kept = append(plan.Kept, l)
 		} else {
@@ -111,7 +125,7 @@ func Sweep(ctx context.Context, repo *catalog.Repo, plan SweepPlan, log *slog.Lo
 		todo[id{l.Key, l.ID}] = true
 	}
 	n := 0
-	err := sw.Sweep(ctx, "", plan.Before, func(l storage.Leftover) bool {
+	err := sweepAll(ctx, sw, plan.Before, func(l storage.Leftover) bool {
 		if !todo[id{l.Key, l.ID}] {
 			return false
 		}

@@ -40,6 +40,7 @@ func TestSweep(t *testing.T) {
 		temp("wal/00000001/.000000010000000000000003.tmp-22", old)
 		temp("wal/00000001/.000000010000000000000004.tmp-33", time.Now())
 		temp("wal/00000001/.not-ours", old)
+		temp("other-tool/.dump.tmp-55", old) // not where walship writes
 		repo := catalog.New(s, catalog.Options{})
 
 		plan, err := PlanSweep(t.Context(), repo, cutoff, running)

@@ -132,11 +132,14 @@ func prune(ctx context.Context, repo *catalog.Repo, policy scheduler.Policy, swe
 	}
 	var sweep *scheduler.SweepPlan
 	if sweepAge > 0 {
+		// Retention goes on without the sweep: an identity allowed to
+		// prune but not to list uploads must not stop it.
 		sp, err := scheduler.PlanSweep(ctx, repo, now.Add(-sweepAge), running)
 		if err != nil {
-			return err
+			log.Warn("cannot look for leftovers of interrupted writes; pruning without sweeping them (the pruner needs s3:ListBucketMultipartUploads and s3:AbortMultipartUpload, or set --sweep-older-than 0)", slog.Any("error", err))
+		} else {
+			sweep = &sp
 		}
-		sweep = &sp
 	}
 	if show != nil {
 		if err := show(plan, sweep); err != nil {

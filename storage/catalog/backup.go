@@ -256,7 +256,7 @@ func (r *Repo) WriteBackup(ctx context.Context, b Backup) error {
 // error matching storage.ErrNotExist.
 func (r *Repo) ReadBackup(ctx context.Context, id string) (Backup, error) {
 	if err := ValidBackupID(id); err != nil {
-		return Backup{}, err
+		return Backup{}, fmt.Errorf("%w: %w", ErrInvalidBackup, err)
 	}
 	data, err := r.ReadAll(ctx, BackupMetaKey(id), maxBackupJSON)
 	if err != nil {
@@ -320,7 +320,9 @@ func (r *Repo) ListBackups(ctx context.Context) (BackupListing, error) {
 		b, err := r.ReadBackup(ctx, id)
 		switch {
 		case errors.Is(err, storage.ErrNotExist):
-			continue // pruned since the listing
+			// Pruned since the listing: what is left of it is unfinished.
+			l.Orphans[id] = objs[id]
+			continue
 		case err != nil && unreadable(err):
 			l.Invalid[id] = err
 			continue

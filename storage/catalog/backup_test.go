@@ -183,8 +183,9 @@ func (s failingGets) Get(ctx context.Context, key string, off int64) (io.ReadClo
 
 // TestListBackupsReadFails: a backup.json that cannot be read for a reason
 // other than its contents fails the listing, so that restore and prune never
-// plan as if the backup were not there; one pruned since the listing is
-// left out.
+// plan as if the backup were not there; one pruned since the listing leaves
+// its other objects as unfinished; a directory that is not a backup id is
+// listed as invalid.
 func TestListBackupsReadFails(t *testing.T) {
 	r := newRepo(t)
 	ctx := context.Background()
@@ -198,8 +199,16 @@ func TestListBackupsReadFails(t *testing.T) {
 		t.Errorf("a backup.json read that fails: listing %+v, error %v; want the read's error", l, err)
 	}
 	l, err = New(failingGets{r.Store(), "backup.json", storage.ErrNotExist}, Options{}).ListBackups(ctx)
-	if err != nil || len(l.Backups)+len(l.Invalid)+len(l.Orphans) != 0 {
-		t.Errorf("a backup.json removed since the listing: %+v, %v; want nothing listed", l, err)
+	if err != nil || len(l.Backups)+len(l.Invalid) != 0 || len(l.Orphans[id]) != 1 {
+		t.Errorf("a backup.json removed since the listing: %+v, %v; want what was listed of it as unfinished", l, err)
+	}
+	// A directory under backups/ that is not a backup id is reported, not
+	// fatal to the listing.
+	if err := r.Store().Put(ctx, "backups/tmp/backup.json", strings.NewReader("{}")); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := r.ListBackups(ctx); err != nil || l.Invalid["tmp"] == nil || !errors.Is(l.Invalid["tmp"], ErrInvalidBackup) {
+		t.Errorf("backups/tmp/backup.json: %+v, %v; want it listed as invalid", l, err)
 	}
 }
 

@@ -192,6 +192,7 @@ func (s *Store) removeEmptyDirs(dir string) {
 		if os.Remove(dir) != nil {
 			return
 		}
+		synced.Delete(dir)
 		dir = filepath.Dir(dir)
 	}
 }

@@ -32,6 +32,15 @@ func mkdirAll(dir string) error {
 		}
 		if c, ok := creating.Load(dir); ok {
 			<-c.(chan struct{}) // made, not yet synced in its parent
+			return nil
+		}
+		// Another process may have made it and not yet synced its
+		// parent: the first time this process meets it, sync that.
+		if _, seen := synced.Load(dir); !seen {
+			if err := syncDir(filepath.Dir(dir)); err != nil {
+				return err
+			}
+			synced.Store(dir, true)
 		}
 		return nil
 	}
@@ -61,5 +70,6 @@ func mkdirAll(dir string) error {
 }
 
 // creating holds the directories this process is making, each with a
-// channel closed once the directory's entry is durable.
-var creating sync.Map
+// channel closed once the directory's entry is durable; synced, those it
+// found made and has synced in their parents.
+var creating, synced sync.Map
