@@ -191,7 +191,9 @@ func Backup(ctx context.Context, repo *catalog.Repo, cfg BackupConfig) (b catalo
 
 // waitForWAL returns once the segment holding the backup's end is stored in
 // full. With no archiver running it ships the WAL itself (a bounded archiver
-// run on the slot); with one running, it waits for it.
+// run on the slot); with one running, it waits for it, and ships the WAL
+// itself once that archiver's lease has expired (an archiver killed just
+// before, as a serverless schedule may leave one, never stores it).
 func waitForWAL(ctx context.Context, repo *catalog.Repo, b catalog.Backup, cfg BackupConfig, log *slog.Logger) error {
 	seg := wal.SegmentOf(wal.TimeLineID(b.EndTLI), b.EndLSN-1, b.SegmentSize)
 	key := catalog.SegmentKey(seg, b.SegmentSize)
@@ -206,13 +208,29 @@ func waitForWAL(ctx context.Context, repo *catalog.Repo, b catalog.Backup, cfg B
 	if b.StartTLI == b.EndTLI {
 		run.StartBefore = b.StartLSN // on the timeline the archiver starts on
 	}
-	_, err := Run(ctx, repo, run)
-	var held *lease.HeldError
-	switch {
-	case errors.As(err, &held):
-		log.Info("an archiver is running; waiting for it to store the backup's last segment", slog.String(keySegment, seg.Name(b.SegmentSize)), slog.String("holder", held.Holder))
-	case err != nil:
-		return fmt.Errorf("ship the WAL the backup needs: %w", err)
+	// ship runs the bounded archiver; while another holds the lease, it
+	// returns when to try again: once that lease could have expired.
+	ship := func() (time.Time, error) {
+		_, err := Run(ctx, repo, run)
+		var held *lease.HeldError
+		switch {
+		case errors.As(err, &held):
+			at := held.Expires.Add(lease.DefaultClockSkew + time.Second)
+			if soon := time.Now().Add(time.Second); at.Before(soon) {
+				at = soon
+			}
+			return at, nil
+		case err != nil:
+			return time.Time{}, fmt.Errorf("ship the WAL the backup needs: %w", err)
+		}
+		return time.Time{}, nil
+	}
+	retryAt, err := ship()
+	if err != nil {
+		return err
+	}
+	if !retryAt.IsZero() {
+		log.Info("an archiver is running; waiting for it to store the backup's last segment", slog.String(keySegment, seg.Name(b.SegmentSize)))
 	}
 	deadline := time.Now().Add(cfg.WALTimeout)
 	for {
@@ -225,6 +243,12 @@ func waitForWAL(ctx context.Context, repo *catalog.Repo, b catalog.Backup, cfg B
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("segment %s, which holds the backup's end at %s, is not in the repository after %s: is the archiver running and keeping up? The backup is not usable without it", seg.Name(b.SegmentSize), b.EndLSN, cfg.WALTimeout)
+		}
+		if !retryAt.IsZero() && time.Now().After(retryAt) {
+			if retryAt, err = ship(); err != nil {
+				return err
+			}
+			continue
 		}
 		select {
 		case <-ctx.Done():

@@ -38,3 +38,26 @@ func TestBackupWALTimeout(t *testing.T) {
 		t.Errorf("a backup without its WAL is listed: %+v", l.Backups)
 	}
 }
+
+// TestBackupAfterKilledArchiver: a backup that finds the lease of an
+// archiver killed a moment before (held, not yet expired) ships its WAL
+// itself once the lease has expired, instead of waiting for an archiver
+// that will never store it.
+func TestBackupAfterKilledArchiver(t *testing.T) {
+	c := pgtest.Start(t, pgtest.Options{})
+	repo := fileRepo(t)
+	if _, err := lease.Acquire(t.Context(), repo.Store(), lease.Options{Holder: "a killed archiver (test)", TTL: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	// Never renewed nor released, as a killed archiver leaves it.
+	start := time.Now()
+	b, err := Backup(t.Context(), repo, BackupConfig{ConnString: c.ConnString(), Fast: true, WALTimeout: time.Minute, Log: testLogger(t)})
+	if err != nil {
+		t.Fatalf("Backup after a killed archiver: %v", err)
+	}
+	t.Logf("backup %s done in %s", b.ID, time.Since(start).Round(time.Millisecond))
+	l, err := repo.ListBackups(t.Context())
+	if err != nil || len(l.Backups) != 1 {
+		t.Errorf("listing %+v, %v; want the backup", l.Backups, err)
+	}
+}
