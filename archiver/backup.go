@@ -215,6 +215,8 @@ func waitForWAL(ctx context.Context, repo *catalog.Repo, b catalog.Backup, cfg B
 		var held *lease.HeldError
 		switch {
 		case errors.As(err, &held):
+			log.Info("an archiver is running; waiting for it to store the backup's last segment",
+				slog.String(keySegment, seg.Name(b.SegmentSize)), slog.String("holder", held.Holder))
 			at := held.Expires.Add(lease.DefaultClockSkew + time.Second)
 			if soon := time.Now().Add(time.Second); at.Before(soon) {
 				at = soon
@@ -228,9 +230,6 @@ func waitForWAL(ctx context.Context, repo *catalog.Repo, b catalog.Backup, cfg B
 	retryAt, err := ship()
 	if err != nil {
 		return err
-	}
-	if !retryAt.IsZero() {
-		log.Info("an archiver is running; waiting for it to store the backup's last segment", slog.String(keySegment, seg.Name(b.SegmentSize)))
 	}
 	deadline := time.Now().Add(cfg.WALTimeout)
 	for {

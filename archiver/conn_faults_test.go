@@ -5,12 +5,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/walship/walship/internal/faultproxy"
 	"github.com/walship/walship/internal/miniotest"
 	"github.com/walship/walship/internal/pgtest"
 	"github.com/walship/walship/internal/tcpproxy"
-	"github.com/walship/walship/storage/catalog"
-	"github.com/walship/walship/storage/codec"
 )
 
 // TestArchiveUnderConnectionFaults streams a write load through a TCP proxy
@@ -22,13 +19,8 @@ import (
 // resume without a gap; every acknowledged position must already be in the
 // repository; re-streamed WAL must never store different bytes under a key.
 func TestArchiveUnderConnectionFaults(t *testing.T) {
-	srv := miniotest.Start(t)
-	bucket := srv.Bucket(t)
 	// The proxy injects nothing; it records the writes.
-	objects := faultproxy.Start(t, srv.URL())
-	opts := catalog.Options{Codec: codec.Options{Compression: codec.Zstd}}
-	repo := catalog.New(openS3(t, "s3", objects.Endpoint(), bucket, srv), opts)
-	direct := catalog.New(openS3(t, "s3", srv.Endpoint, bucket, srv), opts)
+	objects, repo, direct := proxiedRepos(t, miniotest.Start(t), "s3")
 
 	// The server gives up on a silent standby after 4s, as it would after
 	// its default minute.

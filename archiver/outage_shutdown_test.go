@@ -7,8 +7,6 @@ import (
 	"github.com/walship/walship/internal/faultproxy"
 	"github.com/walship/walship/internal/miniotest"
 	"github.com/walship/walship/internal/pgtest"
-	"github.com/walship/walship/storage/catalog"
-	"github.com/walship/walship/storage/codec"
 )
 
 // TestPrimaryShutdownDuringOutage: while the repository refuses every write,
@@ -18,12 +16,7 @@ import (
 // acknowledged, and once the store and the primary are back, everything is
 // archived.
 func TestPrimaryShutdownDuringOutage(t *testing.T) {
-	srv := miniotest.Start(t)
-	bucket := srv.Bucket(t)
-	proxy := faultproxy.Start(t, srv.URL())
-	opts := catalog.Options{Codec: codec.Options{Compression: codec.Zstd}}
-	repo := catalog.New(openS3(t, "s3", proxy.Endpoint(), bucket, srv), opts)
-	direct := catalog.New(openS3(t, "s3", srv.Endpoint, bucket, srv), opts)
+	proxy, repo, direct := proxiedRepos(t, miniotest.Start(t), "s3")
 
 	c := pgtest.Start(t, pgtest.Options{})
 	created := createSlot(t, c)

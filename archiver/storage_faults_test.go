@@ -107,12 +107,20 @@ func TestArchiveUnderStorageFaults(t *testing.T) {
 	}
 }
 
-func archiveUnderStorageFaults(t *testing.T, srv *miniotest.Server, backend string) {
+// proxiedRepos opens a new bucket of srv with backend's client twice: repo
+// through a fault proxy, which the test controls, and direct, to check what
+// is stored.
+func proxiedRepos(t *testing.T, srv *miniotest.Server, backend string) (proxy *faultproxy.Proxy, repo, direct *catalog.Repo) {
 	bucket := srv.Bucket(t)
-	proxy := faultproxy.Start(t, srv.URL())
+	proxy = faultproxy.Start(t, srv.URL())
 	opts := catalog.Options{Codec: codec.Options{Compression: codec.Zstd}}
-	repo := catalog.New(openS3(t, backend, proxy.Endpoint(), bucket, srv), opts)
-	direct := catalog.New(openS3(t, backend, srv.Endpoint, bucket, srv), opts)
+	repo = catalog.New(openS3(t, backend, proxy.Endpoint(), bucket, srv), opts)
+	direct = catalog.New(openS3(t, backend, srv.Endpoint, bucket, srv), opts)
+	return proxy, repo, direct
+}
+
+func archiveUnderStorageFaults(t *testing.T, srv *miniotest.Server, backend string) {
+	proxy, repo, direct := proxiedRepos(t, srv, backend)
 
 	c := pgtest.Start(t, pgtest.Options{})
 	created := createSlot(t, c)

@@ -66,10 +66,14 @@ func mkdirAll(dir string) error {
 		return err
 	}
 	// Made here or, just now, by another process: synced either way.
-	return syncDir(parent)
+	if err := syncDir(parent); err != nil {
+		return err
+	}
+	synced.Store(dir, true)
+	return nil
 }
 
 // creating holds the directories this process is making, each with a
-// channel closed once the directory's entry is durable; synced, those it
-// found made and has synced in their parents.
+// channel closed once the directory's entry is durable; synced, those whose
+// entries it has made durable (until it removes them).
 var creating, synced sync.Map
